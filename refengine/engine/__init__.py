@@ -1,0 +1,1 @@
+"""The engine: sequences, paged KV cache, sampling, detokenization."""

@@ -1,0 +1,110 @@
+"""The Llama-family decoder, written once against an ops backend (NumPy reference or CUDA kernels).
+
+One forward pass takes a packed batch: the new tokens of several sequences back to back, each sequence
+with its own position range and its own block table into the paged KV cache. Prefill, chunked prefill,
+a session's next turn and decode are all the same call.
+
+    x = embed(ids)                                    # [T, hidden]
+    for each layer:
+        h, residual = add_rms_norm(x, residual)       # residual stream carried un-normalised
+        q, k, v = split(h @ Wqkv.T + b)               # [T, H, D], [T, KVH, D], [T, KVH, D]
+        q, k = rope(q), rope(k)
+        cache[slots] = k, v
+        x = attention(q, cache) @ Wo.T
+        h, residual = add_rms_norm(x, residual)
+        x = (silu(h @ Wgate.T) · (h @ Wup.T)) @ Wdown.T
+    logits = rms_norm(x + residual) @ Wlm_head.T      # only for the rows asked for
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refengine.config import ModelConfig
+from refengine.engine.kv_cache import KVCache
+from refengine.model.weights import ModelWeights
+
+
+@dataclass
+class ForwardBatch:
+    """The packed inputs of one forward pass (B sequences, T new tokens in all)."""
+    input_ids: np.ndarray       # [T] int64
+    positions: np.ndarray       # [T] position of each token within its sequence
+    cu_seqlens_q: np.ndarray    # [B+1] sequence b's new tokens are rows cu[b]:cu[b+1]
+    context_lens: np.ndarray    # [B] tokens in the cache for b after this step (earlier + new)
+    block_tables: np.ndarray    # [B, max_blocks] int32 block ids (unused entries are ignored)
+    slot_mapping: np.ndarray    # [T] cache slot each new token's K/V is written to
+    logits_rows: np.ndarray     # [R] which of the T rows get logits (usually each sequence's last)
+
+    @classmethod
+    def single(cls, ids, start_pos: int, block_table, block_size: int, all_logits: bool = False
+               ) -> "ForwardBatch":
+        """One sequence whose tokens [start_pos, start_pos + len(ids)) are new this step."""
+        ids = np.asarray(ids, dtype=np.int64)
+        positions = np.arange(start_pos, start_pos + len(ids), dtype=np.int64)
+        table = np.asarray(block_table, dtype=np.int32)
+        slots = table[positions // block_size].astype(np.int64) * block_size + positions % block_size
+        rows = np.arange(len(ids)) if all_logits else np.array([len(ids) - 1])
+        return cls(ids, positions, np.array([0, len(ids)]), np.array([start_pos + len(ids)]),
+                   table[None, :], slots, rows)
+
+
+class LlamaModel:
+    """Forward pass of a Llama-family model. `ops` is a backend module (refengine.ops.get_backend)."""
+
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, ops, dtype=np.float32):
+        self.cfg = cfg
+        self.ops = ops
+        self.dtype = np.dtype(dtype)
+        self.weights = weights.astype(dtype)
+        self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
+
+    def inv_freq(self, positions: np.ndarray) -> np.ndarray:
+        c = self.cfg
+        seq_len = int(positions.max()) + 1 if len(positions) else 0
+        return self.ops.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings,
+                                      seq_len)
+
+    def forward(self, batch: ForwardBatch, kv: KVCache, hidden_states: list | None = None) -> np.ndarray:
+        """Logits [R, V] float32 for batch.logits_rows. If `hidden_states` is a list, the residual stream
+        after the embedding and after every layer ([T, hidden] each) is appended to it, then the final
+        normed hidden state — the same points as transformers' output_hidden_states."""
+        ops, w, c = self.ops, self.weights, self.cfg
+        x = ops.embedding(batch.input_ids, w.embed)                      # [T, hidden]
+        residual = np.zeros_like(x)
+        inv_freq = self.inv_freq(batch.positions)                        # [D/2]
+        if hidden_states is not None:
+            hidden_states.append(x)
+        for i, layer in enumerate(w.layers):
+            h, residual = ops.add_rms_norm(x, residual, layer.attn_norm, c.rms_norm_eps)
+            x = self.attention(i, h, batch, kv, inv_freq)
+            h, residual = ops.add_rms_norm(x, residual, layer.mlp_norm, c.rms_norm_eps)
+            x = self.mlp(i, h)
+            if hidden_states is not None:
+                hidden_states.append(x + residual)
+        rows = batch.logits_rows
+        final = ops.rms_norm((x + residual)[rows], w.final_norm, c.rms_norm_eps)     # [R, hidden]
+        if hidden_states is not None:
+            hidden_states.append(ops.rms_norm(x + residual, w.final_norm, c.rms_norm_eps))
+        return ops.linear(final, w.lm_head)                                          # [R, V]
+
+    def attention(self, i: int, h: np.ndarray, batch: ForwardBatch, kv: KVCache, inv_freq) -> np.ndarray:
+        ops, c, layer = self.ops, self.cfg, self.weights.layers[i]
+        T = h.shape[0]
+        qkv = ops.linear(h, layer.qkv, layer.qkv_bias)                   # [T, (H + 2KVH)·D]
+        q = qkv[:, :c.q_size].reshape(T, c.num_heads, c.head_dim)        # [T, H, D]
+        k = qkv[:, c.q_size:c.q_size + c.kv_size].reshape(T, c.num_kv_heads, c.head_dim)
+        v = qkv[:, c.q_size + c.kv_size:].reshape(T, c.num_kv_heads, c.head_dim)
+        q = ops.rotary_embedding(q, batch.positions, inv_freq)
+        k = ops.rotary_embedding(k, batch.positions, inv_freq)
+        ops.write_kv_cache(k, v, kv.k_caches[i], kv.v_caches[i], batch.slot_mapping)
+        attn = ops.paged_attention(q, kv.k_caches[i], kv.v_caches[i], batch.block_tables,
+                                   batch.context_lens, batch.cu_seqlens_q, self.scale)   # [T, H, D]
+        return ops.linear(attn.reshape(T, c.q_size), layer.o, layer.o_bias)         # [T, hidden]
+
+    def mlp(self, i: int, h: np.ndarray) -> np.ndarray:
+        ops, layer = self.ops, self.weights.layers[i]
+        gate_up = ops.linear(h, layer.gate_up, layer.gate_up_bias)      # [T, 2I]
+        return ops.linear(ops.silu_and_mul(gate_up), layer.down, layer.down_bias)
