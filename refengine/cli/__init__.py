@@ -1,0 +1,1 @@
+"""Command-line front ends: click commands that build a config and call one function."""

@@ -1,0 +1,105 @@
+"""The Python API: `refengine.pipeline(model)` → generate / stream, in the spirit of LMDeploy's pipeline.
+
+    pipe = refengine.pipeline("demo")
+    pipe("What is the capital of France?").text                     # a str is one user message
+    pipe([{"role": "user", "content": "Hi"}], max_new_tokens=32)      # chat messages
+    pipe.generate("Once upon a time", do_preprocess=False)            # raw text, no chat template
+    for chunk in pipe.stream("Tell me a story"): print(chunk.text, end="")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence, Union
+
+from refengine.engine.sampler import TokenChoice
+from refengine.engine.single_request import SingleRequestRunner, StepOutput
+from refengine.errors import GenerationConfigError
+from refengine.model.llama import LlamaModel
+from refengine.model.loader import LoadedModel, load_model
+from refengine.ops import get_backend
+from refengine.sampling_params import GenerationConfig
+
+Messages = list[dict]
+Prompt = Union[str, Messages, Sequence[int]]
+
+
+@dataclass
+class Response:
+    """A finished generation (or, from `stream`, one increment of it)."""
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    input_token_len: int
+    generate_token_len: int
+    logprobs: list[TokenChoice] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, loaded: LoadedModel, backend: str = "auto", session_len: int | None = None,
+                 gen_config: GenerationConfig | None = None):
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.model = LlamaModel(loaded.config, loaded.weights, get_backend(backend))
+        self.session_len = session_len or loaded.config.max_position_embeddings
+        self.gen_config = gen_config or GenerationConfig()
+        self.runner = SingleRequestRunner(self.model, self.tokenizer, self.session_len)
+
+    @classmethod
+    def from_model(cls, model: str, backend: str = "auto", chat_template: str | None = None,
+                   session_len: int | None = None, gen_config: GenerationConfig | None = None) -> "Pipeline":
+        return cls(load_model(model, chat_template=chat_template), backend, session_len, gen_config)
+
+    def encode_prompt(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
+        """Token ids for a prompt: a str (a user message, or raw text with do_preprocess=False),
+        a list of chat messages, or token ids as they are."""
+        if isinstance(prompt, str):
+            if not do_preprocess:
+                return self.tokenizer.encode(prompt)
+            prompt = [{"role": "user", "content": prompt}]
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+            return self.tokenizer.encode_chat(list(prompt))
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) for t in prompt):
+            bad = [t for t in prompt if not 0 <= t < self.loaded.config.vocab_size]
+            if bad:
+                raise GenerationConfigError("prompt", f"token id {bad[0]} is outside the vocabulary")
+            return list(prompt)
+        raise GenerationConfigError("prompt", "must be a non-empty str, list of messages or list of token ids")
+
+    def _config(self, gen_config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
+        cfg = gen_config or self.gen_config
+        return cfg.updated(**overrides) if overrides else cfg
+
+    def stream(self, prompt: Prompt, gen_config: GenerationConfig | None = None, do_preprocess: bool = True,
+               **overrides) -> Iterator[Response]:
+        """Yield increments (new text and token ids) as they are generated."""
+        cfg = self._config(gen_config, overrides)
+        ids = self.encode_prompt(prompt, do_preprocess)
+        for step in self.runner.run(ids, cfg):
+            yield self._response(step)
+
+    def generate(self, prompts: Prompt | list[Prompt], gen_config: GenerationConfig | None = None,
+                 do_preprocess: bool = True, **overrides) -> Response | list[Response]:
+        """Generate to completion; a list of prompts gives a list of responses."""
+        if _is_batch(prompts):
+            return [self.generate(p, gen_config, do_preprocess, **overrides) for p in prompts]
+        steps = list(self.stream(prompts, gen_config, do_preprocess, **overrides))
+        last = steps[-1]
+        return Response("".join(s.text for s in steps), [t for s in steps for t in s.token_ids],
+                        last.finish_reason, last.input_token_len, last.generate_token_len,
+                        [lp for s in steps for lp in s.logprobs])
+
+    __call__ = generate
+    stream_infer = stream
+
+    @staticmethod
+    def _response(step: StepOutput) -> Response:
+        return Response(step.text, step.token_ids, step.finish_reason, step.num_prompt_tokens,
+                        step.num_output_tokens, step.logprobs)
+
+
+def _is_batch(prompts) -> bool:
+    """A list of prompts (strs, message lists, id lists) rather than one prompt."""
+    return isinstance(prompts, (list, tuple)) and bool(prompts) and all(
+        isinstance(p, str) or (isinstance(p, (list, tuple)) and p and isinstance(p[0], (dict, int)))
+        for p in prompts)
