@@ -82,3 +82,17 @@ def load_pipeline(model: str, backend: str, chat_template: str | None, session_l
     click.echo(f"loaded {c.family} model: {c.num_layers} layers, hidden {c.hidden_size}, vocab {c.vocab_size} "
                f"from {pipe.loaded.source} in {time.perf_counter() - start:.1f} s", err=True)
     return pipe
+
+
+def run_click(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
+    """Run a click command; a usage mistake (unknown flag, bad value, missing argument) prints ONE line
+    naming the flag, `<prog>: error: ...`, and returns 2 instead of click's multi-line usage block."""
+    try:
+        result = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Abort:
+        click.echo("", err=True)
+        return 130
+    except click.ClickException as e:
+        click.echo(f"{prog_name}: error: {e.format_message()}", err=True)
+        return e.exit_code
