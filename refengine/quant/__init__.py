@@ -1,0 +1,1 @@
+"""Weight quantization: int4 primitives, AWQ, calibration, perplexity."""
