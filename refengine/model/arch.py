@@ -115,13 +115,16 @@ def parse_rope(hf_config: dict, source: str = "config.json") -> tuple[float, Rop
     merged = {**params, **scaling}
     rope_type = merged.get("rope_type") or merged.get("type") or "default"
     max_pos = int(hf_config.get("max_position_embeddings", 2048))
+    original = int(merged.get("original_max_position_embeddings") or max_pos)
+    if rope_type == "dynamic":   # transformers' dynamic NTK grows past max_position_embeddings, ignoring this key
+        original = max_pos
     try:
         return theta, RopeScaling(
             type=rope_type,
             factor=float(merged.get("factor", 1.0)),
             low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
             high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
-            original_max_position=int(merged.get("original_max_position_embeddings") or max_pos))
+            original_max_position=original)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{source}: {e}") from None
 

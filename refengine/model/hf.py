@@ -92,7 +92,9 @@ def hf_fetcher(family: Family, tensors: dict[str, SafetensorsFile]):
         name = global_names[role] if layer is None else \
             family.layer_prefix.format(i=layer) + family.layer_names.get(role, "")
         st = tensors.get(name)
-        return None if st is None else st.get(name)
+        if st is None:    # every role assemble_weights asks for is required: name the tensor, not the role
+            raise ModelLoadError(f"missing tensor {name} ({role if layer is None else f'layer {layer} {role}'})")
+        return st.get(name)
     return fetch
 
 

@@ -67,6 +67,20 @@ class LlamaModel:
         return self.ops.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings,
                                       seq_len)
 
+    def rope_plan(self, batch: ForwardBatch) -> list[tuple[slice, np.ndarray]]:
+        """(rows, inv_freq [D/2]) pairs covering the batch. Dynamic-NTK frequencies depend on the sequence's
+        own length (as in transformers, which sees one sequence), so a packed batch gets one pair per
+        sequence there — a sequence's logits must not depend on its batch mates. Other types: one pair."""
+        cu = batch.cu_seqlens_q
+        if self.cfg.rope_scaling.type != "dynamic" or len(cu) <= 2:
+            return [(slice(None), self.inv_freq(batch.positions))]
+        return [(slice(int(cu[b]), int(cu[b + 1])), self.inv_freq(batch.positions[cu[b]:cu[b + 1]]))
+                for b in range(len(cu) - 1)]
+
+    def rope(self, x: np.ndarray, positions: np.ndarray, plan) -> np.ndarray:
+        parts = [self.ops.rotary_embedding(x[rows], positions[rows], inv_freq) for rows, inv_freq in plan]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def forward(self, batch: ForwardBatch, kv: KVCache, hidden_states: list | None = None) -> np.ndarray:
         """Logits [R, V] float32 for batch.logits_rows. If `hidden_states` is a list, the residual stream
         after the embedding and after every layer ([T, hidden] each) is appended to it, then the final
@@ -74,12 +88,12 @@ class LlamaModel:
         ops, w, c = self.ops, self.weights, self.cfg
         x = ops.embedding(batch.input_ids, w.embed)                      # [T, hidden]
         residual = np.zeros_like(x)
-        inv_freq = self.inv_freq(batch.positions)                        # [D/2]
+        rope = self.rope_plan(batch)                                     # [(rows, inv_freq [D/2])]
         if hidden_states is not None:
             hidden_states.append(x)
         for i, layer in enumerate(w.layers):
             h, residual = ops.add_rms_norm(x, residual, layer.attn_norm, c.rms_norm_eps)
-            x = self.attention(i, h, batch, kv, inv_freq)
+            x = self.attention(i, h, batch, kv, rope)
             h, residual = ops.add_rms_norm(x, residual, layer.mlp_norm, c.rms_norm_eps)
             x = self.mlp(i, h)
             if hidden_states is not None:
@@ -90,15 +104,15 @@ class LlamaModel:
             hidden_states.append(ops.rms_norm(x + residual, w.final_norm, c.rms_norm_eps))
         return ops.linear(final, w.lm_head)                                          # [R, V]
 
-    def attention(self, i: int, h: np.ndarray, batch: ForwardBatch, kv: KVCache, inv_freq) -> np.ndarray:
+    def attention(self, i: int, h: np.ndarray, batch: ForwardBatch, kv: KVCache, rope) -> np.ndarray:
         ops, c, layer = self.ops, self.cfg, self.weights.layers[i]
         T = h.shape[0]
         qkv = ops.linear(h, layer.qkv, layer.qkv_bias)                   # [T, (H + 2KVH)·D]
         q = qkv[:, :c.q_size].reshape(T, c.num_heads, c.head_dim)        # [T, H, D]
         k = qkv[:, c.q_size:c.q_size + c.kv_size].reshape(T, c.num_kv_heads, c.head_dim)
         v = qkv[:, c.q_size + c.kv_size:].reshape(T, c.num_kv_heads, c.head_dim)
-        q = ops.rotary_embedding(q, batch.positions, inv_freq)
-        k = ops.rotary_embedding(k, batch.positions, inv_freq)
+        q = self.rope(q, batch.positions, rope)
+        k = self.rope(k, batch.positions, rope)
         ops.write_kv_cache(k, v, kv.k_caches[i], kv.v_caches[i], batch.slot_mapping)
         attn = ops.paged_attention(q, kv.k_caches[i], kv.v_caches[i], batch.block_tables,
                                    batch.context_lens, batch.cu_seqlens_q, self.scale)   # [T, H, D]

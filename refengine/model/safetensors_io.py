@@ -57,7 +57,9 @@ class SafetensorsFile:
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as a NumPy array (float32 for bfloat16, a read-only memory map otherwise)."""
-        info = self.header[name]
+        info = self.header.get(name)
+        if info is None:  # e.g. an index file that maps the tensor to the wrong shard
+            raise ModelLoadError(f"{self.path}: no tensor named {name}")
         if info["dtype"] not in DTYPES:
             raise ModelLoadError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
         if self._map is None:
