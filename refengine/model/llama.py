@@ -25,6 +25,7 @@ import numpy as np
 from refengine.config import ModelConfig
 from refengine.engine.kv_cache import KVCache
 from refengine.model.weights import ModelWeights
+from refengine.quant.primitives import Int4Weight
 
 
 @dataclass
@@ -107,7 +108,7 @@ class LlamaModel:
     def attention(self, i: int, h: np.ndarray, batch: ForwardBatch, kv: KVCache, rope) -> np.ndarray:
         ops, c, layer = self.ops, self.cfg, self.weights.layers[i]
         T = h.shape[0]
-        qkv = ops.linear(h, layer.qkv, layer.qkv_bias)                   # [T, (H + 2KVH)·D]
+        qkv = self.linear(h, layer.qkv, layer.qkv_bias)                   # [T, (H + 2KVH)·D]
         q = qkv[:, :c.q_size].reshape(T, c.num_heads, c.head_dim)        # [T, H, D]
         k = qkv[:, c.q_size:c.q_size + c.kv_size].reshape(T, c.num_kv_heads, c.head_dim)
         v = qkv[:, c.q_size + c.kv_size:].reshape(T, c.num_kv_heads, c.head_dim)
@@ -116,9 +117,15 @@ class LlamaModel:
         ops.write_kv_cache(k, v, kv.k_caches[i], kv.v_caches[i], batch.slot_mapping)
         attn = ops.paged_attention(q, kv.k_caches[i], kv.v_caches[i], batch.block_tables,
                                    batch.context_lens, batch.cu_seqlens_q, self.scale)   # [T, H, D]
-        return ops.linear(attn.reshape(T, c.q_size), layer.o, layer.o_bias)         # [T, hidden]
+        return self.linear(attn.reshape(T, c.q_size), layer.o, layer.o_bias)         # [T, hidden]
+
+    def linear(self, x, weight, bias=None):
+        """x @ W.T (+ b) for a dense or a packed int4 (W4A16) weight."""
+        if isinstance(weight, Int4Weight):
+            return self.ops.linear_w4a16(x, weight.qweight, weight.scales, weight.zeros, weight.group_size, bias)
+        return self.ops.linear(x, weight, bias)
 
     def mlp(self, i: int, h: np.ndarray) -> np.ndarray:
         ops, layer = self.ops, self.weights.layers[i]
-        gate_up = ops.linear(h, layer.gate_up, layer.gate_up_bias)      # [T, 2I]
-        return ops.linear(ops.silu_and_mul(gate_up), layer.down, layer.down_bias)
+        gate_up = self.linear(h, layer.gate_up, layer.gate_up_bias)      # [T, 2I]
+        return self.linear(ops.silu_and_mul(gate_up), layer.down, layer.down_bias)

@@ -1,6 +1,7 @@
 """The in-memory weights of a Llama-family model, fused the way the forward pass consumes them.
 
-Every linear is stored as Hugging Face does, [out_features, in_features]; y = x @ W.T + b.
+Every linear is stored as Hugging Face does, [out_features, in_features]; y = x @ W.T + b. In an int4
+workspace the four linears (qkv, o, gate_up, down) are `Int4Weight`s of the same logical shape instead.
 
     qkv     [(H + 2·KVH)·D, hidden]   rows: q heads | k heads | v heads   (one matmul for all three)
     gate_up [2·I, hidden]             rows: gate | up                      (one matmul for both)
@@ -18,6 +19,7 @@ import numpy as np
 
 from refengine.config import ModelConfig
 from refengine.errors import ModelLoadError
+from refengine.quant.primitives import Int4Weight
 
 
 @dataclass
@@ -46,7 +48,7 @@ class ModelWeights:
 
     def astype(self, dtype) -> "ModelWeights":
         """A copy in `dtype` (the tie between embed and lm_head is kept: one array, not two)."""
-        cast = lambda a: None if a is None else np.ascontiguousarray(a, dtype=dtype)
+        cast = lambda a: a if a is None or isinstance(a, Int4Weight) else np.ascontiguousarray(a, dtype=dtype)
         embed = cast(self.embed)
         lm_head = embed if self.lm_head is self.embed else cast(self.lm_head)
         layers = [LayerWeights(**{k: cast(v) for k, v in vars(l).items()}) for l in self.layers]

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from refengine.config import RopeScaling
+from refengine.quant.primitives import dequantize_codes, unpack_int4
 
 F32 = np.float32
 
@@ -51,6 +52,16 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     """x [T, in] @ weight[out, in].T (+ bias [out]) -> [T, out], float32 accumulation."""
     y = x.astype(F32) @ weight.astype(F32, copy=False).T
     return y if bias is None else y + bias.astype(F32)
+
+
+def linear_w4a16(x: np.ndarray, qweight: np.ndarray, scales: np.ndarray, zeros: np.ndarray, group_size: int,
+                 bias: np.ndarray | None = None) -> np.ndarray:
+    """x [T, in] @ dequant(W).T (+ bias) for a packed int4 weight (layout: refengine/quant/primitives.py):
+
+        qweight [out, in/8] uint32, scales / zeros [out, in/g] float16,  W[o, i] = (q − zero) · scale
+    """
+    w = dequantize_codes(unpack_int4(qweight), scales.astype(F32), zeros.astype(F32), group_size)
+    return linear(x, w, bias)
 
 
 # ---------------------------------------------------------------- rotary position embedding
