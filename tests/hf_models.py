@@ -121,7 +121,27 @@ def make_tiny_model(family: str, tmp_path, dtype: str = "float32", max_shard_siz
         saved.save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
         # transformers 5 writes only rope_parameters; 4.x (and older tools) read rope_theta at the top
         edit_config(path, rope_theta=rope_parameters(model.config)["rope_theta"])
+    write_tiny_tokenizer(path)
     return path, model
+
+
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def write_tiny_tokenizer(path: Path) -> None:
+    """A character-level tokenizer (printable ASCII + <unk> <s> </s>: 98 ids, inside the tiny vocab of
+    131) with a chat template, so that tiny models run through the pipeline and the CLI like real ones."""
+    from tokenizers import Tokenizer, decoders, models
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + [chr(c) for c in range(32, 127)])}
+    tok = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    tok.add_special_tokens(specials)
+    tok.decoder = decoders.Fuse()
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+        "chat_template": TINY_CHAT_TEMPLATE}))
 
 
 def edit_config(path, **changes) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import time
 
 import click
@@ -22,10 +21,10 @@ def handle_user_errors(fn):
             return fn(*args, **kwargs)
         except RefengineError as e:
             click.echo(f"refengine: error: {e}", err=True)
-            sys.exit(2)
+            raise click.exceptions.Exit(2) from None
         except KeyboardInterrupt:
             click.echo("", err=True)
-            sys.exit(130)
+            raise click.exceptions.Exit(130) from None
     return wrapper
 
 
