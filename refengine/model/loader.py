@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refengine.config import ModelConfig
 from refengine.errors import ModelLoadError
 from refengine.model.weights import ModelWeights
+
+if TYPE_CHECKING:
+    from refengine.model.tokenizer import Tokenizer
 
 DEMO_ALIASES = ("demo", "default")
 
@@ -23,7 +27,7 @@ DEMO_ALIASES = ("demo", "default")
 class LoadedModel:
     config: ModelConfig
     weights: ModelWeights
-    tokenizer: "Tokenizer"  # noqa: F821  (refengine.model.tokenizer.Tokenizer)
+    tokenizer: Tokenizer
     source: str             # where it came from, for messages
 
 
