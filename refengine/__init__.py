@@ -4,14 +4,17 @@ from refengine.errors import (ChatTemplateError, GenerationConfigError, ModelLoa
                               UnsupportedModelError)
 from refengine.sampling_params import GenerationConfig
 
+# Imported before `pipeline` (the function) is defined: a submodule imported later would otherwise
+# replace the function with the module `refengine.pipeline` in this namespace.
+from refengine.pipeline import Pipeline  # noqa: E402  (isort: skip)
+
 __version__ = "0.1.0"
 
 
-def pipeline(model: str, **kwargs):
-    """Load MODEL (HF dir, hub id, GGUF file or `demo`) and return a `Pipeline` for generate/stream."""
-    from refengine.pipeline import Pipeline
+def pipeline(model: str, **kwargs) -> Pipeline:
+    """Load MODEL (HF dir, hub id, GGUF file, workspace or `demo`) and return a `Pipeline`."""
     return Pipeline.from_model(model, **kwargs)
 
 
-__all__ = ["pipeline", "GenerationConfig", "RefengineError", "ModelLoadError", "UnsupportedModelError",
+__all__ = ["pipeline", "Pipeline", "GenerationConfig", "RefengineError", "ModelLoadError", "UnsupportedModelError",
            "ChatTemplateError", "GenerationConfigError", "__version__"]
