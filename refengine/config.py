@@ -77,3 +77,49 @@ class ModelConfig:
     def qkv_size(self) -> int:
         """Rows of the fused qkv projection: [q heads | k heads | v heads] × head_dim."""
         return self.q_size + 2 * self.kv_size
+
+
+# ---------------------------------------------------------------- engine (LMDeploy TurbomindEngineConfig names)
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache: `block_size` tokens per block; how many blocks `cache_max_entry_count` says."""
+    block_size: int = 64
+    cache_max_entry_count: float = 0.8    # (0, 1): fraction of free memory after the weights; >= 1: blocks
+    enable_prefix_caching: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch_size: int = 128             # sequences in one step
+    max_prefill_token_num: int = 8192     # tokens in one step (prefill chunks + one per decoding sequence)
+    session_len: int = 4096               # tokens a session may hold: history + prompt + output
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What a user sets; names as LMDeploy's TurbomindEngineConfig. session_len None: the model's context."""
+    session_len: int | None = None
+    max_batch_size: int = 128
+    cache_max_entry_count: float = 0.8
+    cache_block_seq_len: int = 64
+    max_prefill_token_num: int = 8192
+    enable_prefix_caching: bool = False
+
+    def __post_init__(self):
+        from refengine.engine.errors import EngineConfigError
+        checks = [("session_len", self.session_len is None or self.session_len >= 2, "an integer >= 2"),
+                  ("max_batch_size", self.max_batch_size >= 1, "an integer >= 1"),
+                  ("cache_max_entry_count", self.cache_max_entry_count > 0,
+                   "> 0 (a fraction of free memory below 1, a number of blocks from 1)"),
+                  ("cache_block_seq_len", self.cache_block_seq_len >= 1, "an integer >= 1"),
+                  ("max_prefill_token_num", self.max_prefill_token_num >= 1, "an integer >= 1")]
+        for name, ok, want in checks:
+            if not ok:
+                raise EngineConfigError(f"{name} must be {want}, got {getattr(self, name)!r}")
+
+    def cache_config(self) -> CacheConfig:
+        return CacheConfig(self.cache_block_seq_len, self.cache_max_entry_count, self.enable_prefix_caching)
+
+    def scheduler_config(self, session_len: int) -> SchedulerConfig:
+        return SchedulerConfig(self.max_batch_size, self.max_prefill_token_num, session_len)

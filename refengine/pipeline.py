@@ -4,16 +4,24 @@
     pipe("What is the capital of France?").text                     # a str is one user message
     pipe([{"role": "user", "content": "Hi"}], max_new_tokens=32)      # chat messages
     pipe.generate("Once upon a time", do_preprocess=False)            # raw text, no chat template
+    pipe(["Hi", "Tell me a joke"])                                    # a batch: run concurrently
     for chunk in pipe.stream("Tell me a story"): print(chunk.text, end="")
+
+Every request runs on the continuous-batching engine (refengine.engine.engine.Engine): a batch of prompts
+is submitted at once and generated together. Engine settings (LMDeploy's names) come in an EngineConfig:
+
+    refengine.pipeline("demo", engine_config=EngineConfig(max_batch_size=32, enable_prefix_caching=True))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence, Union
 
+from refengine.config import EngineConfig
+from refengine.engine.engine import Engine
+from refengine.engine.request import EngineOutput
 from refengine.engine.sampler import TokenChoice
-from refengine.engine.single_request import SingleRequestRunner, StepOutput
 from refengine.errors import GenerationConfigError
 from refengine.model.llama import LlamaModel
 from refengine.model.loader import LoadedModel, load_model
@@ -37,18 +45,22 @@ class Response:
 
 class Pipeline:
     def __init__(self, loaded: LoadedModel, backend: str = "auto", session_len: int | None = None,
-                 gen_config: GenerationConfig | None = None):
+                 gen_config: GenerationConfig | None = None, engine_config: EngineConfig | None = None):
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model = LlamaModel(loaded.config, loaded.weights, get_backend(backend))
-        self.session_len = session_len or loaded.config.max_position_embeddings
+        config = engine_config or EngineConfig()
+        if session_len is not None:
+            config = replace(config, session_len=session_len)
+        self.engine = Engine(self.model, self.tokenizer, config)
+        self.session_len = self.engine.session_len
         self.gen_config = gen_config or GenerationConfig()
-        self.runner = SingleRequestRunner(self.model, self.tokenizer, self.session_len)
 
     @classmethod
     def from_model(cls, model: str, backend: str = "auto", chat_template: str | None = None,
-                   session_len: int | None = None, gen_config: GenerationConfig | None = None) -> "Pipeline":
-        return cls(load_model(model, chat_template=chat_template), backend, session_len, gen_config)
+                   session_len: int | None = None, gen_config: GenerationConfig | None = None,
+                   engine_config: EngineConfig | None = None) -> "Pipeline":
+        return cls(load_model(model, chat_template=chat_template), backend, session_len, gen_config, engine_config)
 
     def encode_prompt(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
         """Token ids for a prompt: a str (a user message, or raw text with do_preprocess=False),
@@ -70,32 +82,51 @@ class Pipeline:
         cfg = gen_config or self.gen_config
         return cfg.updated(**overrides) if overrides else cfg
 
+    def _start(self, prompt: Prompt, cfg: GenerationConfig, do_preprocess: bool, session_id=None
+               ) -> Iterator[EngineOutput]:
+        """Queue the request now (not at the first next()): a batch's requests all run together."""
+        return self.engine.stream(session_id, input_ids=self.encode_prompt(prompt, do_preprocess), gen_config=cfg)
+
     def stream(self, prompt: Prompt, gen_config: GenerationConfig | None = None, do_preprocess: bool = True,
                **overrides) -> Iterator[Response]:
         """Yield increments (new text and token ids) as they are generated."""
-        cfg = self._config(gen_config, overrides)
-        ids = self.encode_prompt(prompt, do_preprocess)
-        for step in self.runner.run(ids, cfg):
-            yield self._response(step)
+        outputs = self._start(prompt, self._config(gen_config, overrides), do_preprocess)
+        for out in outputs:
+            yield _response(out)
 
     def generate(self, prompts: Prompt | list[Prompt], gen_config: GenerationConfig | None = None,
                  do_preprocess: bool = True, **overrides) -> Response | list[Response]:
-        """Generate to completion; a list of prompts gives a list of responses."""
-        if _is_batch(prompts):
-            return [self.generate(p, gen_config, do_preprocess, **overrides) for p in prompts]
-        steps = list(self.stream(prompts, gen_config, do_preprocess, **overrides))
-        last = steps[-1]
-        return Response("".join(s.text for s in steps), [t for s in steps for t in s.token_ids],
-                        last.finish_reason, last.input_token_len, last.generate_token_len,
-                        [lp for s in steps for lp in s.logprobs])
+        """Generate to completion; a list of prompts gives a list of responses (generated together)."""
+        cfg = self._config(gen_config, overrides)
+        batch = _is_batch(prompts)
+        ids = [self.engine.new_session_id() for _ in (prompts if batch else [prompts])]
+        try:
+            streams = [self._start(p, cfg, do_preprocess, sid) for p, sid in zip(prompts if batch else [prompts], ids)]
+            responses = [_collect(s) for s in streams]
+        except BaseException:
+            for sid in ids:             # a bad prompt (or Ctrl-C): stop the rest of the batch too
+                self.engine.cancel(sid)
+            raise
+        return responses if batch else responses[0]
 
     __call__ = generate
     stream_infer = stream
 
-    @staticmethod
-    def _response(step: StepOutput) -> Response:
-        return Response(step.text, step.token_ids, step.finish_reason, step.num_prompt_tokens,
-                        step.num_output_tokens, step.logprobs)
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _response(out: EngineOutput) -> Response:
+    return Response(out.text, list(out.token_ids), out.finish_reason, out.usage.prompt_tokens,
+                    out.usage.completion_tokens, list(out.logprobs))
+
+
+def _collect(outputs: Iterator[EngineOutput]) -> Response:
+    steps = [_response(o) for o in outputs]
+    last = steps[-1]
+    return Response("".join(s.text for s in steps), [t for s in steps for t in s.token_ids],
+                    last.finish_reason, last.input_token_len, last.generate_token_len,
+                    [lp for s in steps for lp in s.logprobs])
 
 
 def _is_batch(prompts) -> bool:

@@ -30,11 +30,11 @@ def bench_refengine(new_tokens: int, repeats: int):
     cfg = refengine.GenerationConfig(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
     best = 0.0
     for _ in range(repeats):
-        steps = pipe.runner.run(ids, cfg)
-        next(steps)                                   # prefill + first token
-        start = time.perf_counter()
-        n = sum(1 for _ in steps)
-        best = max(best, n / (time.perf_counter() - start))
+        first_at, last = None, None
+        for last in pipe.stream(ids, cfg):
+            first_at = first_at or (time.perf_counter(), last.generate_token_len)   # after prefill + 1st token
+        tokens = last.generate_token_len - first_at[1]
+        best = max(best, tokens / (time.perf_counter() - first_at[0]))
     kv = KVCache.allocate(pipe.model.cfg, -(-len(ids) // 64), 64)
     logits = pipe.model.forward(ForwardBatch.single(ids, 0, np.arange(kv.num_blocks), 64, all_logits=True), kv)
     return best, ids, logits
