@@ -2,6 +2,7 @@
 
 from refengine.errors import (ChatTemplateError, GenerationConfigError, ModelLoadError, RefengineError,
                               UnsupportedModelError)
+from refengine.config import EngineConfig
 from refengine.sampling_params import GenerationConfig
 
 # Imported before `pipeline` (the function) is defined: a submodule imported later would otherwise
@@ -16,5 +17,5 @@ def pipeline(model: str, **kwargs) -> Pipeline:
     return Pipeline.from_model(model, **kwargs)
 
 
-__all__ = ["pipeline", "Pipeline", "GenerationConfig", "RefengineError", "ModelLoadError", "UnsupportedModelError",
+__all__ = ["pipeline", "Pipeline", "GenerationConfig", "EngineConfig", "RefengineError", "ModelLoadError", "UnsupportedModelError",
            "ChatTemplateError", "GenerationConfigError", "__version__"]
