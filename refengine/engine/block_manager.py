@@ -36,6 +36,8 @@ import os
 from collections import OrderedDict
 from typing import Callable
 
+import numpy as np
+
 from refengine.engine.sequence import Sequence
 
 ROOT_HASH = 0           # the chain hash before a sequence's first block
@@ -233,8 +235,13 @@ class BlockManager:
 
 # ---------------------------------------------------------------- KV budget
 
-def available_memory_bytes() -> int:
-    """Memory the OS can give us now: MemAvailable from /proc/meminfo, else free physical pages."""
+def available_memory_bytes(xp=np) -> int:
+    """Memory the KV cache can take now, where it will live: for CuPy arrays the GPU's free memory (plus
+    what CuPy's pool holds unused); for NumPy what the OS can give us — MemAvailable from /proc/meminfo,
+    else free physical pages."""
+    if xp is not np:
+        free, _total = xp.cuda.runtime.memGetInfo()
+        return int(free) + int(xp.get_default_memory_pool().free_bytes())
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -245,10 +252,12 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def num_kv_blocks(cache_max_entry_count: float, bytes_per_block: int, available: int | None = None) -> int:
+def num_kv_blocks(cache_max_entry_count: float, bytes_per_block: int, available: int | None = None,
+                  xp=np) -> int:
     """cache_max_entry_count >= 1: that many blocks; in (0, 1): that fraction of the memory available
-    now (call it after the weights are loaded, so they are not counted twice)."""
+    now on the device of array module `xp` (call it after the weights are loaded, so they are not
+    counted twice)."""
     if cache_max_entry_count >= 1:
         return int(cache_max_entry_count)
-    free = available_memory_bytes() if available is None else available
+    free = available_memory_bytes(xp) if available is None else available
     return int(free * cache_max_entry_count) // bytes_per_block

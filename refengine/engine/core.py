@@ -73,7 +73,7 @@ class EngineCore:
         """Size the KV cache (cache_max_entry_count), then the block manager, scheduler and runner."""
         cache, bs = config.cache_config(), config.cache_block_seq_len
         per_block = KVCache.bytes_per_block(model.cfg, bs, model.dtype.itemsize)
-        num_blocks = num_kv_blocks(cache.cache_max_entry_count, per_block)
+        num_blocks = num_kv_blocks(cache.cache_max_entry_count, per_block, xp=model.ops.xp)
         session_len = resolve_session_len(config.session_len, model.cfg.max_position_embeddings, num_blocks * bs)
         blocks = BlockManager(num_blocks, bs, cache.enable_prefix_caching)
         scheduler = Scheduler(config.scheduler_config(session_len), blocks)
