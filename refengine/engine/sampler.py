@@ -65,6 +65,9 @@ def filter_logits(logits: np.ndarray, cfg: GenerationConfig) -> np.ndarray:
 def sample(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Generator,
            prompt_ids=(), output_ids=()) -> TokenChoice:
     """Choose one token from logits [V] (float32)."""
+    if not isinstance(logits, np.ndarray):         # a device array (CUDA backend): the same steps on the GPU
+        from refengine.ops.cuda_sampling import sample_on_device
+        return sample_on_device(logits, cfg, rng, prompt_ids, output_ids)
     processed = apply_penalties(logits, cfg, prompt_ids, output_ids)
     if cfg.greedy:
         token = int(np.argmax(processed))

@@ -25,6 +25,7 @@ import numpy as np
 from refengine.config import ModelConfig
 from refengine.engine.kv_cache import KVCache
 from refengine.model.weights import ModelWeights
+from refengine.ops import reference as reference_ops
 from refengine.quant.primitives import Int4Weight
 
 
@@ -55,16 +56,23 @@ class ForwardBatch:
 class LlamaModel:
     """Forward pass of a Llama-family model. `ops` is a backend module (refengine.ops.get_backend)."""
 
-    def __init__(self, cfg: ModelConfig, weights: ModelWeights, ops, dtype=np.float32):
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, ops, dtype=None):
         self.cfg = cfg
         self.ops = ops
-        self.dtype = np.dtype(dtype)
-        self.weights = weights.astype(dtype)
+        self.dtype = np.dtype(dtype if dtype is not None else ops.DEFAULT_DTYPE)   # float32 / GPU: float16
+        self.weights = ops.prepare_weights(weights, self.dtype)                   # on the backend's device
+        if ops is reference_ops:
+            # The NumPy reference unpacks an int4 weight on every call (it is the spec, not a kernel), so on
+            # this backend each int4 linear is dequantized once, here: an int4 workspace then decodes as fast
+            # as a float one, holding float32 like every weight on this backend (kernels keep the int4).
+            self.weights = self.weights.dequantized()
         self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
 
     def inv_freq(self, positions: np.ndarray) -> np.ndarray:
         c = self.cfg
-        seq_len = int(positions.max()) + 1 if len(positions) else 0
+        # only dynamic NTK depends on the length; reading positions elsewhere would stall a GPU step
+        dynamic = c.rope_scaling.type == "dynamic"
+        seq_len = int(positions.max()) + 1 if dynamic and len(positions) else 0
         return self.ops.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings,
                                       seq_len)
 
@@ -80,16 +88,23 @@ class LlamaModel:
 
     def rope(self, x: np.ndarray, positions: np.ndarray, plan) -> np.ndarray:
         parts = [self.ops.rotary_embedding(x[rows], positions[rows], inv_freq) for rows, inv_freq in plan]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else self.ops.xp.concatenate(parts)
+
+    def rope_and_store(self, qk, v, batch: ForwardBatch, plan, k_cache, v_cache):
+        """Rotate the q|k heads [T, H + KVH, D] and store the rotated k and v [T, KVH, D] at the batch's slots."""
+        parts = [self.ops.rotary_embedding_write_kv(qk[rows], v[rows], batch.positions[rows], inv_freq, k_cache,
+                                                    v_cache, batch.slot_mapping[rows]) for rows, inv_freq in plan]
+        return parts[0] if len(parts) == 1 else self.ops.xp.concatenate(parts)
 
     def forward(self, batch: ForwardBatch, kv: KVCache, hidden_states: list | None = None) -> np.ndarray:
         """Logits [R, V] float32 for batch.logits_rows. If `hidden_states` is a list, the residual stream
         after the embedding and after every layer ([T, hidden] each) is appended to it, then the final
         normed hidden state — the same points as transformers' output_hidden_states."""
         ops, w, c = self.ops, self.weights, self.cfg
-        x = ops.embedding(batch.input_ids, w.embed)                      # [T, hidden]
-        residual = np.zeros_like(x)
         rope = self.rope_plan(batch)                                     # [(rows, inv_freq [D/2])]
+        batch = ops.prepare_batch(batch)                                 # index arrays onto the device, once
+        x = ops.embedding(batch.input_ids, w.embed)                      # [T, hidden]
+        residual = ops.xp.zeros_like(x)
         if hidden_states is not None:
             hidden_states.append(x)
         for i, layer in enumerate(w.layers):
@@ -103,18 +118,17 @@ class LlamaModel:
         final = ops.rms_norm((x + residual)[rows], w.final_norm, c.rms_norm_eps)     # [R, hidden]
         if hidden_states is not None:
             hidden_states.append(ops.rms_norm(x + residual, w.final_norm, c.rms_norm_eps))
-        return ops.linear(final, w.lm_head)                                          # [R, V]
+        return ops.logits(final, w.lm_head)                              # [R, V] float32
 
     def attention(self, i: int, h: np.ndarray, batch: ForwardBatch, kv: KVCache, rope) -> np.ndarray:
         ops, c, layer = self.ops, self.cfg, self.weights.layers[i]
         T = h.shape[0]
         qkv = self.linear(h, layer.qkv, layer.qkv_bias)                   # [T, (H + 2KVH)·D]
-        q = qkv[:, :c.q_size].reshape(T, c.num_heads, c.head_dim)        # [T, H, D]
-        k = qkv[:, c.q_size:c.q_size + c.kv_size].reshape(T, c.num_kv_heads, c.head_dim)
+        # q and k heads sit side by side in qkv: rotate both and store k, v in the cache in one op
+        qk = qkv[:, :c.q_size + c.kv_size].reshape(T, c.num_heads + c.num_kv_heads, c.head_dim)
         v = qkv[:, c.q_size + c.kv_size:].reshape(T, c.num_kv_heads, c.head_dim)
-        q = self.rope(q, batch.positions, rope)
-        k = self.rope(k, batch.positions, rope)
-        ops.write_kv_cache(k, v, kv.k_caches[i], kv.v_caches[i], batch.slot_mapping)
+        qk = self.rope_and_store(qk, v, batch, rope, kv.k_caches[i], kv.v_caches[i])   # [T, H + KVH, D]
+        q = qk[:, :c.num_heads]                                          # [T, H, D] (a view)
         attn = ops.paged_attention(q, kv.k_caches[i], kv.v_caches[i], batch.block_tables,
                                    batch.context_lens, batch.cu_seqlens_q, self.scale)   # [T, H, D]
         return self.linear(attn.reshape(T, c.q_size), layer.o, layer.o_bias)         # [T, hidden]
@@ -128,4 +142,8 @@ class LlamaModel:
     def mlp(self, i: int, h: np.ndarray) -> np.ndarray:
         ops, layer = self.ops, self.weights.layers[i]
         gate_up = self.linear(h, layer.gate_up, layer.gate_up_bias)      # [T, 2I]
-        return self.linear(ops.silu_and_mul(gate_up), layer.down, layer.down_bias)
+        down = layer.down                                                # silu(gate)·up @ Wdown.T as one op
+        if isinstance(down, Int4Weight):
+            return ops.silu_and_mul_linear_w4a16(gate_up, down.qweight, down.scales, down.zeros, down.group_size,
+                                                 layer.down_bias)
+        return ops.silu_and_mul_linear(gate_up, down, layer.down_bias)

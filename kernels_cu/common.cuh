@@ -1,0 +1,109 @@
+// common.cuh — small helpers every kernel file shares.
+//
+// Included textually by refengine/ops/loader.py (so NVRTC needs no include path) and through
+// `nvcc -Ikernels_cu` by tools/compile_kernels.sh. No standard headers: NVRTC compiles this as is.
+//
+// Storage types. Kernels are templates over the storage type T of their activations:
+//     half_t  IEEE float16, kept as its 16 raw bits (unsigned short); converted with one PTX cvt
+//     float   float32
+// Arithmetic is always float32: load -> to_float, compute, from_float<T> -> store (round to nearest).
+#pragma once
+
+typedef unsigned short half_t;     // float16 bits
+typedef unsigned int u32;
+typedef long long i64;
+
+// ---------------------------------------------------------------- conversions
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(half_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ half_t from_float<half_t>(float v) {
+    half_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+
+// the two float16 halves of a 32-bit word: low half = the element at the lower address
+__device__ __forceinline__ float lo_half(u32 w) { return to_float((half_t)(w & 0xFFFFu)); }
+__device__ __forceinline__ float hi_half(u32 w) { return to_float((half_t)(w >> 16)); }
+__device__ __forceinline__ u32 pack_half2(float lo, float hi) {
+    return (u32)from_float<half_t>(lo) | ((u32)from_float<half_t>(hi) << 16);
+}
+
+// 8 float16 values <-> one 16-byte vector
+__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
+    f[0] = lo_half(v.x); f[1] = hi_half(v.x); f[2] = lo_half(v.y); f[3] = hi_half(v.y);
+    f[4] = lo_half(v.z); f[5] = hi_half(v.z); f[6] = lo_half(v.w); f[7] = hi_half(v.w);
+}
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+    uint4 v;
+    v.x = pack_half2(f[0], f[1]); v.y = pack_half2(f[2], f[3]);
+    v.z = pack_half2(f[4], f[5]); v.w = pack_half2(f[6], f[7]);
+    return v;
+}
+
+// read-only 16-byte load through the non-coherent (texture) path
+__device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+// ---------------------------------------------------------------- reductions
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024). Every thread gets the result.
+// `scratch` holds 33 floats of shared memory; the call ends with a barrier, so it may be reused at once.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < nwarps ? scratch[lane] : 0.f;
+        w = warp_sum(w);
+        if (lane == 0) scratch[32] = w;
+    }
+    __syncthreads();
+    const float total = scratch[32];
+    __syncthreads();
+    return total;
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < nwarps ? scratch[lane] : -__int_as_float(0x7f800000);
+        w = warp_max(w);
+        if (lane == 0) scratch[32] = w;
+    }
+    __syncthreads();
+    const float total = scratch[32];
+    __syncthreads();
+    return total;
+}
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+#define LOG2E 1.4426950408889634f
+
+// ---------------------------------------------------------------- naming convention
+//
+// Kernels are written once as templates and exported under plain extern "C" names, one per storage
+// type: name_f16 (T = half_t) and name_f32 (T = float), so that refengine/ops/cuda.py looks them up as
+// f"{name}_{suffix}" without C++ name mangling.

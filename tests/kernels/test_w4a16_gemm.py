@@ -1,0 +1,71 @@
+"""kernels_cu/w4a16_gemm.cu: linear_w4a16 every version vs reference.linear_w4a16, group sizes 32/64/128,
+GEMV (1..8 rows) and GEMM (many rows) paths, output counts that are not multiples of the 16-row tile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refengine.quant.primitives import quantize_int4
+from tests.kernels.helpers import fresh_rng, randn, require_gpu, run_version
+from tests.tolerances import assert_close
+
+cp = require_gpu()
+from refengine.ops import cuda, reference as ref  # noqa: E402
+
+
+def make(rng, M, K, N, g, bias):
+    x = randn(rng, (M, K), np.float16)
+    w = quantize_int4(randn(rng, (N, K), np.float32, 1 / np.sqrt(K)), g)
+    b = randn(rng, (N,), np.float16, 0.5) if bias else None
+    dev = [cp.asarray(a) for a in (x, w.qweight, w.scales, w.zeros)]
+    return x, w, b, dev, None if b is None else cp.asarray(b)
+
+
+@pytest.mark.parametrize("g", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(1, 4096, 1000), (3, 576, 960), (8, 1536, 577), (13, 512, 96), (70, 256, 130),
+                                   (1, 96, 17)])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_w4a16(version, M, K, N, g, bias):
+    if K % g:
+        pytest.skip(f"group {g} does not divide K={K}")
+    rng, seed = fresh_rng()
+    x, w, b, (xd, qd, sd, zd), bd = make(rng, M, K, N, g, bias)
+    got = run_version("linear_w4a16", version, xd, qd, sd, zd, g, bd)
+    if got is None:
+        assert (version == "v4" and M < cuda.W4A16_CUBLAS_M) or (version in ("v2", "v3") and K % 32) or (
+            version == "v3" and M > cuda.SMALL_M)
+        return
+    want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
+    assert_close(got, want, "linear_w4a16", "float16", f"{version} g{g} seed {seed}")
+
+
+@pytest.mark.parametrize("g", [32, 128])
+def test_dequantize_matches_primitives(g):
+    from refengine.quant.primitives import dequantize_int4
+    rng, seed = fresh_rng()
+    w = quantize_int4(randn(rng, (33, 256), np.float32), g)
+    got = cuda.dequantize_w4a16(cp.asarray(w.qweight), cp.asarray(w.scales), cp.asarray(w.zeros), g)
+    assert_close(got, dequantize_int4(w), "rms_norm", "float16", f"(one float16 rounding) seed {seed}")
+
+
+@pytest.mark.parametrize("g", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(1, 1536, 576), (4, 512, 130), (8, 256, 1000), (12, 128, 64)])
+@pytest.mark.parametrize("version", ["v3", "unfused"])
+def test_silu_and_mul_linear_w4a16(version, M, K, N, g):
+    if K % g:
+        pytest.skip(f"group {g} does not divide K={K}")
+    rng, seed = fresh_rng()
+    gu = randn(rng, (M, 2 * K), np.float16, 2.0)
+    w = quantize_int4(randn(rng, (N, K), np.float32, 1 / np.sqrt(K)), g)
+    args = [cp.asarray(a) for a in (gu, w.qweight, w.scales, w.zeros)]
+    got = run_version("silu_and_mul_linear_w4a16", version, *args, g, None)
+    if got is None:
+        assert version == "v3" and M > cuda.SMALL_M
+        return
+    want = ref.silu_and_mul_linear_w4a16(gu, w.qweight, w.scales, w.zeros, g)
+    assert_close(got, want, "linear_w4a16", "float16", f"{version} g{g} seed {seed}")
+    if version == "v3":
+        np.testing.assert_array_equal(got.get(), run_version("silu_and_mul_linear_w4a16", "unfused", *args, g,
+                                                             None).get())
