@@ -12,9 +12,21 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from pathlib import Path
 
-KERNEL_DIR = Path(os.environ.get("REFENGINE_KERNEL_DIR", Path(__file__).resolve().parents[2] / "kernels_cu"))
+
+def find_kernel_dir() -> Path:
+    """Where the .cu sources are: $REFENGINE_KERNEL_DIR, else the checkout's kernels_cu/ (a source or
+    editable install), else <prefix>/share/refengine/kernels_cu (where a wheel installs them)."""
+    if "REFENGINE_KERNEL_DIR" in os.environ:
+        return Path(os.environ["REFENGINE_KERNEL_DIR"])
+    checkout = Path(__file__).resolve().parents[2] / "kernels_cu"
+    installed = Path(sys.prefix) / "share" / "refengine" / "kernels_cu"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+KERNEL_DIR = find_kernel_dir()
 OPTIONS = ("-std=c++17",)
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
