@@ -8,6 +8,9 @@ import click
 
 from refengine import __version__
 from refengine.cli.chat import chat
+from refengine.cli.convert import convert
+from refengine.cli.diff import diff
+from refengine.cli.eval import eval_group
 from refengine.cli.generate import generate
 from refengine.cli.options import run_click
 
@@ -19,6 +22,9 @@ def cli():
 
 
 cli.add_command(chat)
+cli.add_command(convert)
+cli.add_command(diff)
+cli.add_command(eval_group)
 cli.add_command(generate)
 
 

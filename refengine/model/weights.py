@@ -54,9 +54,29 @@ class ModelWeights:
         layers = [LayerWeights(**{k: cast(v) for k, v in vars(l).items()}) for l in self.layers]
         return ModelWeights(embed, cast(self.final_norm), lm_head, layers)
 
+    def dequantized(self) -> "ModelWeights":
+        """The same weights with every Int4Weight linear dequantized to float32 (other arrays shared)."""
+        from refengine.quant.primitives import dequantize_int4
+        dense = lambda a: dequantize_int4(a) if isinstance(a, Int4Weight) else a
+        layers = [LayerWeights(**{k: dense(v) for k, v in vars(l).items()}) for l in self.layers]
+        return ModelWeights(self.embed, self.final_norm, self.lm_head, layers)
+
 
 # fetch(role, layer) -> array or None.  layer is None for the global roles embed / final_norm / lm_head.
 Fetch = Callable[[str, "int | None"], "np.ndarray | None"]
+
+
+def concat_rows(parts: list) -> "np.ndarray | Int4Weight":
+    """Fuse linears along their output rows: arrays, or Int4Weights of one group size (an AWQ checkpoint),
+    whose qweight / scales / zeros are all row-major by output feature and so stack the same way."""
+    packed = [isinstance(p, Int4Weight) for p in parts]
+    if not any(packed):
+        return np.concatenate(parts, axis=0)
+    if not all(packed) or len({p.group_size for p in parts}) != 1:
+        raise ModelLoadError("linears fused into one (q/k/v or gate/up) mix int4 and float weights or group "
+                             "sizes: not supported")
+    return Int4Weight(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("qweight", "scales", "zeros")),
+                      parts[0].group_size)
 
 
 def _expect(arr, shape, what):
@@ -82,12 +102,12 @@ def assemble_layer(cfg: ModelConfig, fetch: Fetch, i: int, split_qkv=None) -> La
     mlp_bias = cfg.mlp_bias
     return LayerWeights(
         attn_norm=get("attn_norm", (hid,)),
-        qkv=np.concatenate([q, k, v], axis=0),
+        qkv=concat_rows([q, k, v]),
         qkv_bias=None if biases is None else np.concatenate(biases),
         o=get("o", (hid, cfg.q_size)),
         o_bias=get("o_bias", (hid,)) if cfg.o_bias else None,
         mlp_norm=get("mlp_norm", (hid,)),
-        gate_up=np.concatenate([get("gate", (inter, hid)), get("up", (inter, hid))], axis=0),
+        gate_up=concat_rows([get("gate", (inter, hid)), get("up", (inter, hid))]),
         gate_up_bias=np.concatenate([get("gate_bias", (inter,)), get("up_bias", (inter,))]) if mlp_bias else None,
         down=get("down", (hid, inter)),
         down_bias=get("down_bias", (hid,)) if mlp_bias else None,
