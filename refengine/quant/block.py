@@ -104,8 +104,8 @@ class BlockModel(LlamaModel):
     search evaluates the block with many versions of a linear."""
 
     def __init__(self, cfg, layer: LayerWeights, ops: CalibrationOps):
-        stub = np.zeros((1, cfg.hidden_size), np.float32)           # prepared like any model's weights
-        super().__init__(cfg, ModelWeights(stub, stub[0], stub, []), ops)
+        no_vocab = np.zeros((1, cfg.hidden_size), np.float32)           # no embedding or LM head: one empty row
+        super().__init__(cfg, ModelWeights(no_vocab, no_vocab[0], no_vocab, []), ops)
         self.weights.layers.append(None)
         self.set_layer(layer)
 
