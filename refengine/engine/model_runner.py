@@ -50,6 +50,13 @@ class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
         self.model = model
         self.block_size = block_size
+        # A tensor-parallel model (refengine/parallel) keeps one KV cache per rank, copies blocks in all of them
+        # and runs eagerly (its step also reaches other processes): it brings allocate_kv / copy_kv_blocks.
+        self.sharded = hasattr(model, "allocate_kv")
+        if self.sharded:
+            self.kv = model.allocate_kv(num_blocks, block_size)
+            self.graphs = None
+            return
         self.kv = KVCache.allocate(model.cfg, num_blocks, block_size, dtype=model.dtype, xp=model.ops.xp)
         # CUDA backend: decode steps replay captured graphs (refengine/engine/graphs.py); None on NumPy
         max_blocks = min(num_blocks, -(-model.cfg.max_position_embeddings // block_size))
@@ -58,7 +65,9 @@ class ModelRunner:
     def run(self, out: SchedulerOutput) -> np.ndarray:
         """Logits [R, V] float32, one row per scheduled sequence that samples, in scheduled order
         (a CuPy array on the CUDA backend)."""
-        if self.model.ops.xp is np:
+        if self.sharded:
+            self.model.copy_kv_blocks(self.kv, out.copies)
+        elif self.model.ops.xp is np:
             copy_blocks(self.kv, out.copies)
         elif out.copies:
             src, dst = zip(*out.copies)

@@ -56,9 +56,13 @@ class ForwardBatch:
 class LlamaModel:
     """Forward pass of a Llama-family model. `ops` is a backend module (refengine.ops.get_backend)."""
 
-    def __init__(self, cfg: ModelConfig, weights: ModelWeights, ops, dtype=None):
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, ops, dtype=None, comm=None):
         self.cfg = cfg
         self.ops = ops
+        # Tensor parallelism (refengine/parallel): this model is one rank's shard (cfg holds the rank's head,
+        # channel and vocabulary counts) and `comm` sums the partial outputs of o and down across ranks and
+        # gathers the logits' vocabulary shards. None: the whole model in one place, nothing to combine.
+        self.comm = comm
         self.dtype = np.dtype(dtype if dtype is not None else ops.DEFAULT_DTYPE)   # float32 / GPU: float16
         self.weights = ops.prepare_weights(weights, self.dtype)                   # on the backend's device
         if ops is reference_ops:
@@ -118,7 +122,8 @@ class LlamaModel:
         final = ops.rms_norm((x + residual)[rows], w.final_norm, c.rms_norm_eps)     # [R, hidden]
         if hidden_states is not None:
             hidden_states.append(ops.rms_norm(x + residual, w.final_norm, c.rms_norm_eps))
-        return ops.logits(final, w.lm_head)                              # [R, V] float32
+        logits = ops.logits(final, w.lm_head)                            # [R, V] float32
+        return logits if self.comm is None else self.comm.gather_vocab(logits)   # a rank's [R, V/tp] -> [R, V]
 
     def attention(self, i: int, h: np.ndarray, batch: ForwardBatch, kv: KVCache, rope) -> np.ndarray:
         ops, c, layer = self.ops, self.cfg, self.weights.layers[i]
@@ -131,7 +136,8 @@ class LlamaModel:
         q = qk[:, :c.num_heads]                                          # [T, H, D] (a view)
         attn = ops.paged_attention(q, kv.k_caches[i], kv.v_caches[i], batch.block_tables,
                                    batch.context_lens, batch.cu_seqlens_q, self.scale)   # [T, H, D]
-        return self.linear(attn.reshape(T, c.q_size), layer.o, layer.o_bias)         # [T, hidden]
+        out = self.linear(attn.reshape(T, c.q_size), layer.o, layer.o_bias)          # [T, hidden]
+        return out if self.comm is None else self.comm.all_reduce(out)   # a rank's heads give a partial sum
 
     def linear(self, x, weight, bias=None):
         """x @ W.T (+ b) for a dense or a packed int4 (W4A16) weight."""
@@ -144,6 +150,8 @@ class LlamaModel:
         gate_up = self.linear(h, layer.gate_up, layer.gate_up_bias)      # [T, 2I]
         down = layer.down                                                # silu(gate)·up @ Wdown.T as one op
         if isinstance(down, Int4Weight):
-            return ops.silu_and_mul_linear_w4a16(gate_up, down.qweight, down.scales, down.zeros, down.group_size,
-                                                 layer.down_bias)
-        return ops.silu_and_mul_linear(gate_up, down, layer.down_bias)
+            out = ops.silu_and_mul_linear_w4a16(gate_up, down.qweight, down.scales, down.zeros, down.group_size,
+                                                layer.down_bias)
+        else:
+            out = ops.silu_and_mul_linear(gate_up, down, layer.down_bias)
+        return out if self.comm is None else self.comm.all_reduce(out)   # a rank's channels give a partial sum
