@@ -7,6 +7,7 @@ import sys
 import click
 
 from refengine import __version__
+from refengine.cli.bench import bench
 from refengine.cli.chat import chat
 from refengine.cli.convert import convert
 from refengine.cli.diff import diff
@@ -21,6 +22,7 @@ def cli():
     """refengine: run Llama-family models from NumPy (and, soon, CUDA kernels)."""
 
 
+cli.add_command(bench)
 cli.add_command(chat)
 cli.add_command(convert)
 cli.add_command(diff)

@@ -1,0 +1,97 @@
+"""`refengine bench generation`: LMDeploy's profile_generation. For each (batch, prompt, output) case, `batch`
+requests of `prompt` random ids are sent at once and each generates exactly `output` tokens.
+
+Per case:
+    first-token latency   submission → first token, per request: mean, p50, p90, p99 (ms)
+    decode tokens/s       tokens that arrived after the last request's first token / the time from then to
+                          the last token: the decoding rate with the whole batch running (prefill excluded)
+    output tokens/s       all output tokens / submission → last token (prefill included; LMDeploy's number)
+    per-token latency     the gaps between a request's tokens: p50, p90, p99 (ms)
+    peak memory           see device.py
+
+Before each case, `warmup` runs of the same requests with at most WARMUP_TOKENS outputs compile the kernels
+and capture the batch's CUDA graph, so the case measures steady state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from refengine.bench.device import PeakMemory, is_gpu
+from refengine.bench.timing import RequestTiming, check_complete, flat_stats, run_requests
+from refengine.bench.workloads import BenchRequest, check_fits, fixed_requests
+from refengine.sampling_params import GenerationConfig
+
+WARMUP_TOKENS = 4
+
+COLUMNS = [("batch_size", "batch", "d"), ("prompt_tokens", "prompt", "d"), ("output_tokens", "output", "d"),
+           ("first_token_ms_mean", "1st token ms mean", ".1f"), ("first_token_ms_p50", "p50", ".1f"),
+           ("first_token_ms_p90", "p90", ".1f"), ("first_token_ms_p99", "p99", ".1f"),
+           ("decode_tokens_per_s", "decode tok/s", ".1f"), ("output_tokens_per_s", "output tok/s", ".1f"),
+           ("token_latency_ms_p50", "ms/token p50", ".2f"), ("token_latency_ms_p90", "p90", ".2f"),
+           ("token_latency_ms_p99", "p99", ".2f"), ("peak_memory_gb", "peak mem GB", ".2f")]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    prompt_tokens: tuple[int, ...] = (128,)
+    output_tokens: tuple[int, ...] = (128,)
+    warmup: int = 1
+    seed: int = 0
+    sampling: GenerationConfig = GenerationConfig(temperature=0.0)
+
+    def cases(self) -> list[tuple[int, int, int]]:
+        return list(itertools.product(self.batch_sizes, self.prompt_tokens, self.output_tokens))
+
+
+def summarize(timings: list[RequestTiming], case: tuple[int, int, int], memory: dict) -> dict:
+    batch, prompt, output = case
+    start = min(t.submitted for t in timings)
+    end = max(t.finished for t in timings)
+    decode_from = max(t.arrivals[0] for t in timings)           # every request is decoding from here on
+    decode_tokens = sum(t.tokens_after(decode_from) for t in timings)
+    total = sum(t.output_tokens for t in timings)
+    row = {"batch_size": batch, "prompt_tokens": prompt, "output_tokens": output, "requests": len(timings),
+           "total_output_tokens": total, "wall_s": end - start, "output_tokens_per_s": total / (end - start),
+           "decode_tokens_per_s": decode_tokens / (end - decode_from) if end > decode_from else float("nan"),
+           **flat_stats("first_token_ms", [t.first_token_latency for t in timings], 1e3),
+           **flat_stats("token_latency_ms", [g for t in timings for g in t.token_gaps()], 1e3), **memory}
+    row["peak_memory_gb"] = peak_gigabytes(memory)
+    return row
+
+
+def peak_gigabytes(memory: dict) -> float | None:
+    """The one number a table shows: device memory in use on a GPU, resident memory on the CPU."""
+    used = memory.get("device_used_peak_bytes", memory.get("rss_peak_bytes"))
+    return None if used is None else used / 1e9
+
+
+def warm_up(engine, requests: list[BenchRequest], sampling: GenerationConfig, rounds: int,
+            concurrency: int | None = None) -> None:
+    short = [BenchRequest(r.prompt_ids, min(r.output_tokens, WARMUP_TOKENS)) for r in requests]
+    for _ in range(rounds):
+        run_requests(engine, short, sampling, concurrency)
+
+
+def run_case(engine, case: tuple[int, int, int], opts: GenerationOptions) -> dict:
+    batch, prompt, output = case
+    xp = engine.model.ops.xp
+    requests = fixed_requests(batch, prompt, output, engine.model.cfg.vocab_size, opts.seed)
+    check_fits(requests, engine.session_len)
+    if is_gpu(xp):
+        xp.get_default_memory_pool().free_all_blocks()     # so the pool's peak is this case's
+    warm_up(engine, requests, opts.sampling, opts.warmup)
+    with PeakMemory(xp) as peak:
+        timings = run_requests(engine, requests, opts.sampling)
+    check_complete(timings, requests)
+    return summarize(timings, case, peak.result())
+
+
+def run_generation(engine, opts: GenerationOptions, progress=lambda row: None) -> list[dict]:
+    rows = []
+    for case in opts.cases():
+        rows.append(run_case(engine, case, opts))
+        progress(rows[-1])
+    return rows

@@ -1,0 +1,61 @@
+"""The facts a benchmark result is meaningless without: which model, weights, device, engine settings, when.
+
+`decode_weight_bytes` and `kv_bytes_per_token` are what one decode step must read from memory (weights once
+per step, K and V of every context token of every sequence): tools/plot_benchmarks.py turns them and the
+copy bandwidth into the bandwidth bound on decode tokens/s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+
+from refengine import __version__
+from refengine.quant.primitives import Int4Weight
+
+
+def _nbytes(a) -> int:
+    if a is None:
+        return 0
+    if isinstance(a, Int4Weight):
+        return int(a.qweight.nbytes + a.scales.nbytes + a.zeros.nbytes)
+    return int(a.nbytes)
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights one decode step reads: every block, the final norm and the LM head (of the
+    embedding only a row per sequence, left out)."""
+    w = model.weights
+    return sum(_nbytes(a) for layer in w.layers for a in vars(layer).values()) + _nbytes(w.final_norm) \
+        + _nbytes(w.lm_head)
+
+
+def kv_bytes_per_token(model) -> int:
+    c = model.cfg
+    return 2 * c.num_layers * c.kv_size * model.dtype.itemsize
+
+
+def weight_type(model) -> tuple[str, int | None]:
+    """('int4', group size) when the linears are packed on the device, else (their dtype, None)."""
+    qkv = model.weights.layers[0].qkv
+    if isinstance(qkv, Int4Weight):
+        return "int4", qkv.group_size
+    return str(qkv.dtype), None
+
+
+def run_meta(engine, model_spec: str, backend: str, device: str, copy_gbps: float | None, seed: int,
+             label: str | None) -> dict:
+    model = engine.model
+    wtype, group = weight_type(model)
+    c = model.cfg
+    return {"label": label or f"refengine {backend} {wtype}" + (f" g{group}" if group else ""),
+            "model": model_spec, "backend": backend, "device": device, "weight_type": wtype, "group_size": group,
+            "shape": {"hidden": c.hidden_size, "layers": c.num_layers, "heads": c.num_heads,
+                      "kv_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate": c.intermediate_size,
+                      "vocab": c.vocab_size},
+            "decode_weight_bytes": decode_weight_bytes(model), "kv_bytes_per_token": kv_bytes_per_token(model),
+            "copy_GBps": copy_gbps,
+            "engine": {**dataclasses.asdict(engine.config), "session_len": engine.session_len,
+                       "kv_blocks": engine.core.block_manager.num_blocks},
+            "seed": seed, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "refengine": __version__}
