@@ -62,6 +62,9 @@ def template_for_model_name(name: str) -> str:
 @click.option("--search-scale/--no-search-scale", default=True, show_default=True,
               help="AWQ's grid search of the scale ratio; without it the ratio is 0.5 (LMDeploy's fast smoothing).")
 @click.option("--clip/--no-clip", default=True, show_default=True, help="AWQ's weight clipping search.")
+@click.option("--calib-inputs", type=click.Choice(["float", "quantized"]), default="float", show_default=True,
+              help="What each block calibrates on: the float model's activations (AutoAWQ, LMDeploy), or the "
+                   "outputs of the blocks already quantized (one more forward pass per block).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @handle_user_errors
 def convert(model, model_path, chat_template, **kwargs):

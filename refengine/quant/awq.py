@@ -62,6 +62,7 @@ class AwqOptions:
     group_size: int = 128
     search_scale: bool = True
     clip: bool = True
+    quantized_inputs: bool = False     # calibrate block i on the quantized blocks' outputs (one more forward)
 
 
 def weight_mean(w, group_size: int):

@@ -55,13 +55,16 @@ def batches(hidden, seqlen: int, batch_size: int):
 
 
 def collect_stats(runner: BlockRunner, model: BlockModel, hidden, batch_size: int, group_size: int, keep: int,
-                  progress: Progress) -> dict[str, InputStats]:
-    """Forward the float block over every batch, gathering each linear's input statistics."""
+                  progress: Progress, out=None) -> dict[str, InputStats]:
+    """Forward the float block over every batch, gathering each linear's input statistics (and, into
+    `out` when given, the float block's output)."""
     stats = {name: InputStats(group_size, keep) for name in LINEARS}
     runner.ops.capture = lambda name, x: stats[name].add(x)
     try:
         for rows in batches(hidden, runner.seqlen, batch_size):
-            runner.forward(model, hidden[rows])
+            y = runner.forward(model, hidden[rows])
+            if out is not None:
+                out[rows] = y
             progress.step(rows.stop // runner.seqlen, "calibrating")
     finally:
         runner.ops.capture = None
@@ -132,16 +135,21 @@ def awq_layers(source, calib_ids: np.ndarray, opts: AwqOptions, ops, batch_size:
     hidden = runner.ops.embedding(xp.asarray(calib_ids.reshape(-1)), embed).astype(runner.ops.DEFAULT_DTYPE)
     del embed
     keep = max(1, min(num_seqs, SEARCH_TOKENS // seqlen)) * seqlen
+    passes = 2 if opts.quantized_inputs else 1
     for i in range(cfg.num_layers):
-        progress.stage(f"block {i + 1}/{cfg.num_layers}", 2 * num_seqs)
+        progress.stage(f"block {i + 1}/{cfg.num_layers}", passes * num_seqs)
         layer = float32_layer(source.layer(i), xp)
         model = runner.model(layer)
-        stats = collect_stats(runner, model, hidden, batch_size, opts.group_size, keep, progress)
+        float_out = None if opts.quantized_inputs else xp.empty_like(hidden)
+        stats = collect_stats(runner, model, hidden, batch_size, opts.group_size, keep, progress, float_out)
         progress.step(num_seqs, "searching scales and clipping")
         quantized, report = awq_layer(runner, model, layer, stats, opts)
         del stats
-        model.set_layer(dequantized_layer(quantized))
-        hidden = propagate(runner, model, hidden, batch_size, _Offset(progress, num_seqs))
+        if opts.quantized_inputs:               # the next block sees what the quantized model will feed it
+            model.set_layer(dequantized_layer(quantized))
+            hidden = propagate(runner, model, hidden, batch_size, _Offset(progress, num_seqs))
+        else:                                   # ... or the float model's activations (AutoAWQ, LMDeploy)
+            hidden = float_out
         yield i, quantized, report
 
 

@@ -43,6 +43,7 @@ class ConvertOptions:
     batch_size: int = 8
     search_scale: bool = True
     clip: bool = True
+    calib_inputs: str = "float"         # float | quantized: which activations feed block i's calibration
     backend: str = "auto"
 
 
@@ -70,6 +71,8 @@ def validate(opts: ConvertOptions) -> None:
     for name in ("calib_samples", "calib_seqlen", "batch_size"):
         if getattr(opts, name) < 1:
             raise ConvertError(f"--{name.replace('_', '-')} must be at least 1")
+    if opts.calib_inputs not in ("float", "quantized"):
+        raise ConvertError(f"--calib-inputs {opts.calib_inputs!r} is not supported (choose float or quantized)")
 
 
 def check_model(source, opts: ConvertOptions) -> None:
@@ -132,7 +135,7 @@ def _write_layers(writer: WorkspaceWriter, source, opts: ConvertOptions, calib, 
         from refengine.ops import get_backend
         from refengine.quant.awq import AwqOptions
         from refengine.quant.quantize import awq_layers
-        awq_opts = AwqOptions(opts.group_size, opts.search_scale, opts.clip)
+        awq_opts = AwqOptions(opts.group_size, opts.search_scale, opts.clip, opts.calib_inputs == "quantized")
         for i, layer, block_report in awq_layers(source, calib[0], awq_opts, get_backend(opts.backend),
                                                  opts.batch_size, progress):
             writer.write_layer(i, layer)
@@ -155,7 +158,7 @@ def _quant_record(opts: ConvertOptions, calib, report: list, source) -> dict:
         record.update(calib_data=calib[1], calib_samples=int(calib[0].shape[0]),
                       calib_seqlen=int(calib[0].shape[1]),
                       options={"search_scale": opts.search_scale, "clip": opts.clip, "batch_size": opts.batch_size,
-                               "grid": 20, "max_shrink": 0.5},
+                               "calib_inputs": opts.calib_inputs, "grid": 20, "max_shrink": 0.5},
                       blocks=report)
     return record
 

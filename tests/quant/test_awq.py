@@ -101,7 +101,9 @@ def test_batched_causal_attention_is_the_reference_paged_attention(heads, kv_hea
     k, v = (rng.standard_normal((B, S, kv_heads, D)).astype(np.float32) for _ in range(2))
     args = (np.arange(B, dtype=np.int32)[:, None], np.full(B, S), np.arange(B + 1) * S, 0.35)
     ref = ops.reference.paged_attention(q, k, v, *args)
-    assert_close(causal_attention(q.reshape(B, S, heads, D), k, v, 0.35), ref, "paged_attention", "float32")
+    for chunk in (128, 8, 5):              # one chunk, and query chunks that skip masked keys (S % 8 != 0)
+        got = causal_attention(q.reshape(B, S, heads, D), k, v, 0.35, chunk=chunk)
+        assert_close(got, ref, "paged_attention", "float32")
     assert_close(CalibrationOps(ops.reference).paged_attention(q, k, v, *args), ref, "paged_attention")
     # not the rectangular layout (the last sequence 4 tokens shorter): the backend's own op answers
     short = (args[0], np.array([S, S, S - 4]), np.array([0, S, 2 * S, 3 * S - 4]), args[3])

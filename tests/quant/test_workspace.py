@@ -78,19 +78,21 @@ def test_rtn_workspace_is_int4_and_its_logits_equal_the_fake_quant_reference(tmp
                  expected, "logits_self", "float32")
 
 
-@pytest.mark.parametrize("family, overrides", [("llama", {}),                                  # GQA
-                                               ("llama-bias", {"num_key_value_heads": 4})])   # MHA + biases
-def test_awq_workspace_round_trip(tmp_path, family, overrides):
+@pytest.mark.parametrize("family, overrides, inputs", [("llama", {}, "float"),                       # GQA
+                                                       ("llama-bias", {"num_key_value_heads": 4},      # MHA + biases
+                                                        "quantized")])
+def test_awq_workspace_round_trip(tmp_path, family, overrides, inputs):
     path, _ = make_tiny_model(family, tmp_path, intermediate_size=128, **overrides)
     data = tmp_path / "calib.txt"
     data.write_text(TEXT)
     ws = tmp_path / "ws"
     summary = convert(str(path), ConvertOptions(dst=ws, quant="awq", group_size=32, calib_data=str(data),
-                                                calib_samples=4, calib_seqlen=16, batch_size=3))
+                                                calib_samples=4, calib_seqlen=16, batch_size=3, calib_inputs=inputs))
     manifest = json.loads((ws / "refengine.json").read_text())
     quant = manifest["quant"]
     assert manifest["weight_type"] == "int4" and manifest["group_size"] == 32
     assert (quant["method"], quant["calib_samples"], quant["calib_seqlen"]) == ("awq", 4, 16)
+    assert quant["options"]["calib_inputs"] == inputs
     assert len(quant["blocks"]) == loaded_layers(path)
     assert ("v -> o" in quant["blocks"][0]) == (family == "llama-bias")           # only without GQA
     assert summary.linear_bits_per_weight == 5.0
