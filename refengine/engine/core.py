@@ -27,7 +27,7 @@ from refengine.engine.errors import (EngineConfigError, SessionBusyError, Sessio
 from refengine.engine.kv_cache import KVCache
 from refengine.engine.model_runner import ModelRunner
 from refengine.engine.request import EngineOutput, Request
-from refengine.engine.sampler import sample
+from refengine.engine.sampler import sample_rows
 from refengine.engine.scheduler import Scheduler
 from refengine.engine.sequence import Sequence, SequenceStatus
 from refengine.errors import GenerationConfigError
@@ -165,23 +165,31 @@ class EngineCore:
         logits = self.runner.run(out)                          # [R, V]: one row per sampling sequence
         self.stats["steps"] += 1
         self.stats["tokens"] += out.num_tokens
-        outputs, row = [], 0
+        requests, rows = [], []                 # who samples this step, and from which row of logits
+        row = 0
         for s in out.scheduled:
             s_samples = s.samples
             s.seq.num_computed += s.num_new_tokens
             self.block_manager.seal_computed_blocks(s.seq)
             if s_samples:
-                outputs += self._sample(s.seq, logits[row])
+                siblings = self._with_forks(s.seq)           # n > 1: the completions share this row
+                requests += [self.requests[c.seq_id] for c in siblings]
+                rows += [row] * len(siblings)
                 row += 1
-        return outputs
+        return self._sample(logits, requests, rows)
 
-    def _sample(self, seq: Sequence, logits: np.ndarray) -> list[EngineOutput]:
+    def _with_forks(self, seq: Sequence) -> list[Sequence]:
         siblings = [seq] + [self._fork(seq, i) for i in range(1, seq.num_forks + 1)]
         seq.num_forks = 0
+        return siblings
+
+    def _sample(self, logits, requests: list[Request], rows: list[int]) -> list[EngineOutput]:
+        """One token for every request, all rows at once (one device->host copy on a GPU), then each
+        request's bookkeeping in order."""
+        choices = sample_rows(logits, rows, [r.config for r in requests], [r.rng for r in requests],
+                              [r.penalty_context() for r in requests])
         outputs = []
-        for s in siblings:
-            request = self.requests[s.seq_id]
-            choice = sample(logits, request.config, request.rng, *request.penalty_context())
+        for request, choice in zip(requests, choices):
             output = request.on_token(choice)
             if output.finish_reason is not None:
                 self._end_turn(request, output)

@@ -79,3 +79,17 @@ def sample(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Generator,
     logp = log_softmax(logits)
     top = np.argsort(-logp, kind="stable")[:cfg.logprobs]
     return TokenChoice(token, float(logp[token]), [(int(t), float(logp[t])) for t in top])
+
+
+def sample_rows(logits, rows, configs, rngs, contexts) -> list[TokenChoice]:
+    """One token per entry: entry i samples row rows[i] of logits [R, V] with configs[i], rngs[i] and its
+    penalty context contexts[i] = (prompt ids, output ids). Several entries may share a row (the n > 1
+    completions of one prompt). On a GPU all entries go to the device sampler at once: one host sync."""
+    if not rows:
+        return []
+    if isinstance(logits, np.ndarray):
+        return [sample(logits[r], c, g, *ctx) for r, c, g, ctx in zip(rows, configs, rngs, contexts)]
+    import cupy as cp
+    from refengine.ops.cuda_sampling import sample_batch
+    gathered = logits if list(rows) == list(range(logits.shape[0])) else logits[cp.asarray(rows)]
+    return sample_batch(gathered, configs, rngs, contexts)

@@ -1,0 +1,58 @@
+"""Where an engine step's host time goes: EngineCore.step() run in this thread (so cProfile sees it — the
+Engine's own thread is invisible to it) over B requests decoding together, then the step-time spread and
+the functions with the most own time.
+
+    PYTHONPATH=. python tools/profile_engine_step.py WORKSPACE --backend cupy --batch 256 --output-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import numpy as np
+
+from refengine.config import EngineConfig
+from refengine.engine.engine import Engine
+from refengine.sampling_params import GenerationConfig
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--output-tokens", type=int, default=64)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    config = EngineConfig(max_batch_size=args.batch, session_len=args.prompt_tokens + args.output_tokens + 8)
+    engine = Engine.from_model(args.model, backend=args.backend, config=config)
+    core, rng = engine.core, np.random.default_rng(0)
+    gen = GenerationConfig(max_new_tokens=args.output_tokens, temperature=0.0, ignore_eos=True)
+
+    def run_round() -> list[float]:
+        for i in range(args.batch):
+            core.add_request(("profile", i), rng.integers(0, core.vocab_size, args.prompt_tokens).tolist(), gen)
+        times = []
+        while core.has_work():
+            t0 = time.perf_counter()
+            core.step()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    run_round()                                          # compile kernels, capture graphs
+    profiler = cProfile.Profile()
+    profiler.enable()
+    times = run_round()
+    profiler.disable()
+    decode = np.array(times[-args.output_tokens + 1:]) * 1e3          # the steps after every prefill
+    print(f"batch {args.batch}: {len(times)} steps, decode step ms p50 {np.median(decode):.2f} "
+          f"p90 {np.percentile(decode, 90):.2f} min {decode.min():.2f}")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
