@@ -109,8 +109,10 @@ def fake_quantize_scaled(w, s, group_size: int):
 
 
 def mse(a, b) -> float:
+    """Mean squared difference, in float32 even for float16 outputs (whose squared errors would underflow)."""
     xp = array_module(a)
-    return float(xp.mean((a - b) ** 2))
+    d = a.astype(xp.float32) - b.astype(xp.float32)
+    return float(xp.mean(d * d))
 
 
 def search_scale(loss, x_mean, w_mean, search: bool):

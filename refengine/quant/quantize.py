@@ -44,6 +44,15 @@ def dequantized_layer(layer: LayerWeights) -> LayerWeights:
                                          if isinstance(getattr(layer, n), Int4Weight)})
 
 
+def host_layer(layer: LayerWeights) -> LayerWeights:
+    """The block in host memory (the writer's side), wherever it was computed."""
+    def host(a):
+        return a.get() if a is not None and array_module(a) is not np else a
+    fields = {k: Int4Weight(host(v.qweight), host(v.scales), host(v.zeros), v.group_size)
+              if isinstance(v, Int4Weight) else host(v) for k, v in vars(layer).items()}
+    return LayerWeights(**fields)
+
+
 def _float32(a, xp=np):
     return xp.ascontiguousarray(xp.asarray(a), dtype=xp.float32)
 
@@ -91,6 +100,7 @@ def run_module(runner: BlockRunner, model: BlockModel, module: str, x):
 
 def scale_loss(runner: BlockRunner, model: BlockModel, group, w, x, group_size: int):
     """loss(s): output MSE of the group's module, its linear (float32 weight w) fake-quantized under scale s."""
+    x = x.astype(model.dtype, copy=False)           # the sample is kept in float32; a GPU block runs float16
     reference = run_module(runner, model, group.module, x)
 
     def loss(s) -> float:
@@ -150,7 +160,7 @@ def awq_layers(source, calib_ids: np.ndarray, opts: AwqOptions, ops, batch_size:
             hidden = propagate(runner, model, hidden, batch_size, _Offset(progress, num_seqs))
         else:                                   # ... or the float model's activations (AutoAWQ, LMDeploy)
             hidden = float_out
-        yield i, quantized, report
+        yield i, host_layer(quantized), report
 
 
 class _Offset(Progress):

@@ -156,3 +156,23 @@ def test_v_to_o_is_skipped_under_grouped_query_attention():
     cfg = dataclasses.make_dataclass("C", [("num_heads", int), ("num_kv_heads", int)])
     assert [g.applies(cfg(8, 2)) for g in SCALE_GROUPS] == [True, False, True, True]
     assert all(g.applies(cfg(8, 8)) for g in SCALE_GROUPS)
+
+
+@pytest.mark.parametrize("quantized_inputs", [False, True])
+def test_awq_runs_with_the_gpu_backends_dtype_rules(tmp_path, quantized_inputs):
+    """The CUDA backend computes in float16 and refuses a float32 activation against a float16 weight:
+    the whole AWQ walk under those rules (StrictFloat16Ops) gives finite int4 blocks on host arrays."""
+    from refengine.quant.awq import AwqOptions
+    from refengine.quant.primitives import Int4Weight
+    from refengine.quant.quantize import awq_layers
+    from refengine.workspace.source import open_source
+    from tests.quant.strict_fp16_ops import StrictFloat16Ops
+    path, _ = make_tiny_model("llama-bias", tmp_path, num_key_value_heads=4)
+    source = open_source(str(path))
+    ids = np.random.default_rng(6).integers(0, source.config.vocab_size, size=(3, 16))
+    opts = AwqOptions(group_size=G, quantized_inputs=quantized_inputs)
+    blocks = list(awq_layers(source, ids, opts, StrictFloat16Ops(), batch_size=2))
+    assert [i for i, _, _ in blocks] == list(range(source.config.num_layers))
+    for _, layer, _ in blocks:
+        assert isinstance(layer.o, Int4Weight) and isinstance(layer.o.qweight, np.ndarray)
+        assert np.isfinite(layer.o.scales).all() and layer.attn_norm.dtype == np.float32
