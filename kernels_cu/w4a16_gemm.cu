@@ -24,14 +24,31 @@
 //         projection with silu_and_mul fused in; twin reference.silu_and_mul_linear_w4a16).
 //     v4  for long prefills (many rows, eager only): dequantize W once into a float16 scratch
 //         (w4a16_dequant, one thread per packed word) and let cuBLAS do the GEMM (refengine/ops/cuda.py).
-//         M=256, 4096²: 43.5 µs (198 TFLOP/s) against v2's MT=4 tiles at 103 µs.
+//         M=256, 4096²: 37.8 µs (227 TFLOP/s) against v2's MT=4 tiles at 104 µs; 11008 × 4096: 86.8 µs.
+//     v5  the streaming GEMV (w4a16_stream.cuh; M <= 8): a persistent grid whose blocks stream contiguous
+//         runs of 16-row × 2048-k slabs through a 4-stage cp.async ring; ldmatrix hands each lane every 4th
+//         word so that every MMA lies in one quantization group, the MMA runs on the raw codes (1024 + q) and
+//         scale and zero are applied per group in float32 (2 instructions per weight pair instead of 4).
+//         Measured (H100): 4096²: 10.7 µs (28% of copy BW); 11008 × 4096: 22.0 µs (36%); 4096 × 11008: 22.7 µs
+//         (35%) — slower than v3 (8.1 / 18.4 / 17.2 µs): each block syncs once per slab and the per-slab
+//         work (producer address math, the group folds, the barrier) is not hidden behind the stream;
+//         see docs/kernels.md. w4a16_silu v5: the same with x = silu(gate)·up made in shared memory once per
+//         block (26.4 µs at 4096 × 11008 vs 24.9 for silu_and_mul + v3).
+//     v6  the streaming GEMM (w4a16_stream.cuh; any M, chosen for 9..64 rows): 128-feature × 16/32/64-row
+//         tiles, 128-k slabs of W and x through a cp.async ring, LOP3 + HSUB2 + HMUL2 dequantization shared
+//         by the MB row tiles, split-K across blocks with a deterministic last-block reduction.
+//         M=16: 19.9 µs (4096²; cuBLAS fp16 17.6, v2 15.4), 29.2 µs (11008 × 4096; cuBLAS 36.6, v2 31.7);
+//         M=32: 21.1 / 36.5 µs (cuBLAS 15.6 / 37.4); M=64: 28.6 / 49.0 µs (v4 30.1 / 82.4, cuBLAS 16.0 / 36.1);
+//         M=256: 60.4 / 139 µs (142 / 166 TFLOP/s; v4 37.8 / 86.8, cuBLAS 20.0 / 40.9).
 //
 // Launch:
 //     v1  grid (ceil(N / 128), M), block 128
 //     v2  grid (ceil(N / 16), ceil(M / (8·MT))), block 128 (see mma_linear.cuh)
 //     v3  grid (ceil(N / 16)), block 256
+//     v5  grid (min(block slots, granules)), block 256 (8 warps); v6 the same, block 128 (4 warps); dynamic
+//         shared memory as refengine/ops/cuda.py W4Stream.smem computes (w4a16_stream.cuh has the layout)
 //     w4a16_dequant  grid (ceil(N·K/8 / 256)), block 256: thread owns word (n, j) -> W[n, 8j .. 8j + 8)
-#include "mma_linear.cuh"
+#include "w4a16_stream.cuh"
 
 __device__ __forceinline__ float dequant(const u32* __restrict__ qw, const half_t* __restrict__ scales,
                                          const half_t* __restrict__ zeros, int n, int k, int K, int group) {
@@ -94,4 +111,28 @@ __global__ void w4a16_dequant(const u32* __restrict__ qw, const half_t* __restri
     for (int i = 0; i < 8; ++i) f[i] = ((float)((word >> (4 * i)) & 0xFu) - z) * s;
     *reinterpret_cast<uint4*>(w + (i64)n * K + 8 * j) = pack8(f);
 }
+}
+
+// ---------------------------------------------------------------- v5, v6: the streaming kernels (w4a16_stream.cuh)
+//     W4Stream<NA, MB, WN, WK, CPW, STAGES, XFULL, ACT>; the trailing arguments: float32 partial slots, per-tile
+//     counters (zero between launches), tile_mode (0: granule = one slab, 1: one whole tile)
+
+#define W4_ARGS const half_t *x, int ldx, const u32 *qw, const half_t *scales, const half_t *zeros, int group, \
+                const half_t *bias, half_t *y, int M, int N, int K, float *ws, int *counters, int tile_mode
+#define W4_PASS x, ldx, qw, scales, zeros, group, bias, y, M, N, K, ws, counters, tile_mode
+
+typedef W4Stream<1, 1, 1, 8, 2, 4, true, false> W4V5;        // GEMV: 8 warps × 2 chunks of a 16 × 2048 slab
+typedef W4Stream<1, 1, 1, 8, 2, 3, true, false> W4V5S3;      // the same with 3 stages (a tuning point)
+typedef W4Stream<1, 1, 1, 8, 2, 4, true, true> W4V5Silu;     // x = silu(gate)·up of gate_up [M, 2K]
+typedef W4Stream<2, 2, 4, 1, 1, 4, false, false> W4V6M16;    // GEMM: 128 features × 16 rows per tile
+typedef W4Stream<2, 4, 4, 1, 1, 4, false, false> W4V6M32;    //        128 × 32
+typedef W4Stream<2, 8, 4, 1, 1, 3, false, false> W4V6M64;    //        128 × 64
+
+extern "C" {
+__global__ void __launch_bounds__(256, 2) w4a16_v5_f16(W4_ARGS) { w4a16_stream<W4V5>(W4_PASS); }
+__global__ void __launch_bounds__(256, 2) w4a16_v5s3_f16(W4_ARGS) { w4a16_stream<W4V5S3>(W4_PASS); }
+__global__ void __launch_bounds__(256, 2) w4a16_silu_v5_f16(W4_ARGS) { w4a16_stream<W4V5Silu>(W4_PASS); }
+__global__ void __launch_bounds__(128, 2) w4a16_v6_m16_f16(W4_ARGS) { w4a16_stream<W4V6M16>(W4_PASS); }
+__global__ void __launch_bounds__(128, 2) w4a16_v6_m32_f16(W4_ARGS) { w4a16_stream<W4V6M32>(W4_PASS); }
+__global__ void __launch_bounds__(128, 2) w4a16_v6_m64_f16(W4_ARGS) { w4a16_stream<W4V6M64>(W4_PASS); }
 }

@@ -14,6 +14,7 @@ Prints a Markdown table last (for docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -120,7 +121,36 @@ def ceilings() -> dict:
 
 # ---------------------------------------------------------------- kernels
 
+_SPIN = None
+
+
+def time_eager_gpu(call, launches: int = 20, replays: int = 5) -> float:
+    """Median µs per call of device time alone, for what cannot be captured (cuBLAS): a ~3 ms spin kernel goes
+    first, so the host has queued every launch before the first runs and its per-call overhead stays out."""
+    global _SPIN
+    if _SPIN is None:
+        _SPIN = cp.RawKernel('extern "C" __global__ void spin(long long n) '
+                             '{ long long t = clock64(); while (clock64() - t < n) {} }', "spin")
+    stream = cp.cuda.Stream(non_blocking=False)
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    with stream:
+        call()
+        stream.synchronize()
+        for _ in range(replays):
+            _SPIN((1,), (1,), (np.int64(6_000_000),))
+            start.record(stream)
+            for _ in range(launches):
+                call()
+            stop.record(stream)
+            stop.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times) * 1000 / launches
+
+
 def bench_w4a16(c, quick):
+    gemv = [("v2", {}), ("v3", {}), ("v5", {})] + ([("v1", {})] if not quick else [])
+    tune = [] if quick else [("v5 3 stages", dict(variant="v5s3")), ("v5 other mode", None)]
     for N, K in ((4096, 4096), (11008, 4096), (4096, 11008)):
         g = 128
         rng = np.random.default_rng(0)
@@ -128,27 +158,57 @@ def bench_w4a16(c, quick):
         nbytes = N * K // 2 + 2 * N * (K // g) * 2 + 2 * K + 2 * N
         x = cp.asarray(rng.standard_normal((1, K)).astype(np.float16))
         sets = copies(lambda: [cp.asarray(a) for a in (w.qweight, w.scales, w.zeros)], nbytes)
-        for v in ("v1", "v2", "v3") if not quick else ("v2", "v3"):
-            fn = cuda.VERSIONS["linear_w4a16"][v]
+        for v, kw in gemv + tune:
+            if kw is None:                                   # the partition mode the plan did not pick
+                cfg = cuda.W4A16_STREAM["v5"]
+                mode = not cuda.w4a16_stream_plan(cfg, 1, N, K, g)[1]
+                fn = lambda x, q, s, z, g, cfg=cfg, mode=mode: cuda._w4a16_stream(cfg, x, K, q, s, z, g, None, 1, K,
+                                                                                   tile_mode=mode)
+            else:
+                fn = functools.partial(cuda.VERSIONS["linear_w4a16"][v.split()[0]], **kw)
             us = time_graph([lambda s=s: fn(x, *s, g) for s in sets], launches=20 if v != "v1" else 4)
             record("w4a16 GEMV", v, f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
+        if K == 11008:                                       # the MLP's down projection with silu_and_mul
+            gu = cp.asarray(rng.standard_normal((1, 2 * K)).astype(np.float16))
+            for v in ("v5", "unfused", "v3"):
+                fn = cuda.VERSIONS["silu_and_mul_linear_w4a16"][v]
+                us = time_graph([lambda s=s: fn(gu, *s, g) for s in sets])
+                record("w4a16 silu+GEMV", v, f"M=1 N={N} K={K} g{g}", us, nbytes + 4 * K, ceilings=c)
+        if N == K and not quick:                             # small decode batches (the GEMV kernels up to M = 8)
+            for M in (4, 8):
+                xm = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
+                for v in ("v3", "v5", "v6"):
+                    fn = cuda.VERSIONS["linear_w4a16"][v]
+                    us = time_graph([lambda s=s: fn(xm, *s, g) for s in sets])
+                    record("w4a16 GEMV", v, f"M={M} N={N} K={K} g{g}", us, nbytes + 2 * (M - 1) * (K + N),
+                           ceilings=c)
         del sets
-    # the GEMM path at a decode batch and a prefill
-    for M in (16, 256):
-        N, K, g = 4096, 4096, 128
+    # the GEMM path: decode batches and prefills, against cuBLAS on the float16 weight (device time alone)
+    for N, K in ((4096, 4096), (11008, 4096)):
+        g = 128
         rng = np.random.default_rng(1)
         w = quantize_int4((rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32), g)
-        x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
-        d = [cp.asarray(a) for a in (w.qweight, w.scales, w.zeros)]
-        for v in ("v2", "v4"):
-            fn = cuda.VERSIONS["linear_w4a16"][v]
-            if v == "v4":
-                if M < cuda.W4A16_CUBLAS_M:
-                    continue
-                us = time_eager(lambda: fn(x, *d, g))
-            else:
-                us = time_graph([lambda: fn(x, *d, g)])
-            record("w4a16 GEMM", v, f"M={M} N={N} K={K} g{g}", us, flops=2 * M * N * K, ceilings=c)
+        sets = copies(lambda: [cp.asarray(a) for a in (w.qweight, w.scales, w.zeros)], N * K // 2)
+        dense = copies(lambda: cuda.dequantize_w4a16(*sets[0], g), N * K * 2)
+        for M in (16, 32, 64, 128, 256) if not quick else (16, 256):
+            x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
+            shape, flops = f"M={M} N={N} K={K} g{g}", 2 * M * N * K
+            fn = cuda.VERSIONS["linear_w4a16"]["v6"]
+            record("w4a16 GEMM", "v6", shape, time_graph([lambda s=s: fn(x, *s, g) for s in sets]), flops=flops,
+                   ceilings=c)
+            if (M <= 32 or (M == 256 and N == 4096)) and not quick:
+                fn = cuda.VERSIONS["linear_w4a16"]["v2"]
+                record("w4a16 GEMM", "v2", shape, time_graph([lambda s=s: fn(x, *s, g) for s in sets]), flops=flops,
+                       ceilings=c)
+            if M >= cuda.W4A16_CUBLAS_M:
+                it = iter(range(10 ** 9))
+                fn = cuda.VERSIONS["linear_w4a16"]["v4"]
+                us = time_eager_gpu(lambda: fn(x, *sets[next(it) % len(sets)], g))
+                record("w4a16 GEMM", "v4", shape, us, flops=flops, ceilings=c)
+            it = iter(range(10 ** 9))
+            us = time_eager_gpu(lambda: cp.matmul(x, dense[next(it) % len(dense)].T))
+            record("w4a16 GEMM", "cuBLAS fp16", shape, us, flops=flops, ceilings=c)
+        del sets, dense
 
 
 def bench_linear(c, quick):
@@ -192,13 +252,20 @@ def bench_attention(c, quick):
             us = time_graph([lambda: fn(*args, 1 / math.sqrt(D))], launches=10 if v == "v2" else 2, replays=5)
             record("decode attention", v, f"B={B} ctx={ctx} H={H} KVH={KVH} D={D}", us, nbytes, ceilings=c)
         del args
-    T, H, KVH, D = 2048, 32, 8, 128
-    args = attention_inputs(1, T, H, KVH, D, new=T)
-    flops = 4 * (T * T / 2) * H * D
-    for v in ("v1", "v2") if not quick else ("v2",):
-        fn = cuda.VERSIONS["attention_prefill"][v]
-        us = time_graph([lambda: fn(*args, 1 / math.sqrt(D))], launches=2, replays=3)
-        record("prefill attention", v, f"T={T} causal H={H} KVH={KVH} D={D}", us, flops=flops, ceilings=c)
+
+
+def bench_prefill(c, quick):
+    """One causal prompt of T tokens; FLOPs = 2 matmuls · 2·T²·H·D / 2 (causal: half the score matrix)."""
+    H, KVH, D = 32, 8, 128
+    for T in (2048, 4096):
+        args = attention_inputs(1, T, H, KVH, D, new=T)
+        flops = 4 * (T * T / 2) * H * D
+        versions = ("v3",) if quick else ("v1", "v2", "v3") if T == 2048 else ("v2", "v3")
+        for v in versions:
+            fn = cuda.VERSIONS["attention_prefill"][v]
+            us = time_graph([lambda: fn(*args, 1 / math.sqrt(D))], launches=2 if v != "v3" else 10, replays=3)
+            record("prefill attention", v, f"T={T} causal H={H} KVH={KVH} D={D}", us, flops=flops, ceilings=c)
+        del args
 
 
 def bench_elementwise(c, quick):
@@ -413,12 +480,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="default versions only, fewer repetitions")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--only", default=None, help="comma list of: w4a16,linear,attention,elementwise,model")
+    ap.add_argument("--only", default=None,
+                    help="comma list of: w4a16,linear,attention,prefill,elementwise,model")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     c = ceilings()
     for name, fn in (("w4a16", bench_w4a16), ("linear", bench_linear), ("attention", bench_attention),
-                     ("elementwise", bench_elementwise)):
+                     ("prefill", bench_prefill), ("elementwise", bench_elementwise)):
         if only is None or name in only:
             fn(c, args.quick)
             cp.get_default_memory_pool().free_all_blocks()

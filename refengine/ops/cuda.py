@@ -406,9 +406,15 @@ DEFAULTS["logits"] = ("v2", "v3", "v1")      # v2 streams the tall, thin LM head
 
 def linear_w4a16(x, qweight, scales, zeros, group_size: int, bias=None):
     """x [M, K] float16 @ dequant(W).T (+ bias) -> [M, N] float16; W [N, K] packed as qweight [N, K/8] uint32,
-    scales / zeros [N, K/g] float16 (refengine/quant/primitives.py)."""
+    scales / zeros [N, K/g] float16 (refengine/quant/primitives.py). The versions are tried in the order
+    w4a16_order(M, N) gives (the measured rule)."""
     _w4a16_args("linear_w4a16", x, qweight, scales, zeros, group_size, bias)
-    return _dispatch("linear_w4a16", x, qweight, scales, zeros, group_size, bias)
+    for name in w4a16_order(x.shape[0], qweight.shape[0]):
+        try:
+            return VERSIONS["linear_w4a16"][name](x, qweight, scales, zeros, group_size, bias)
+        except Unsupported:
+            continue
+    raise KernelInputError("linear_w4a16: no kernel version takes these arguments")   # unreachable: v1 takes all
 
 
 def _w4a16_args(op, x, qweight, scales, zeros, group_size, bias):
@@ -497,7 +503,182 @@ def _w4a16_v4(x, qweight, scales, zeros, group_size, bias=None):
     return y if bias is None else y + bias
 
 
-DEFAULTS["linear_w4a16"] = ("v4", "v3", "v2", "v1")
+# ---- v5 (GEMV) and v6 (GEMM): the streaming kernels of kernels_cu/w4a16_stream.cuh
+
+W4A16_TC_MAX_M = 64             # rows up to which v6 beats v4 (dequantize + cuBLAS) eagerly (docs/benchmarks.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class W4Stream:
+    """One instantiation of w4a16_stream.cuh's W4Stream<NA, MB, WN, WK, CPW, STAGES, XFULL, ACT> (same numbers)."""
+    kernel: str
+    na: int                      # 16-row A tiles (output features) per warp
+    mb: int                      # 8-row B tiles (rows of x) per tile
+    wn: int                      # warps along N
+    wk: int                      # warps along K
+    cpw: int                     # chunks (128 k) per warp and slab
+    stages: int
+    xfull: bool                  # all of x in shared memory (else a slice per stage)
+
+    bn = property(lambda self: 16 * self.na * self.wn)
+    bm = property(lambda self: 8 * self.mb)
+    threads = property(lambda self: 32 * self.wn * self.wk)
+
+    def smem(self, M: int, K: int, group_size: int) -> int:
+        """Dynamic shared memory bytes: the kernel's layout (it traps if given less)."""
+        kc, bn = self.wk * self.cpw, self.bn
+        stage = _cdiv(kc * bn * 64 + 2 * bn * (2 * kc + 1) * 4 + (0 if self.xfull else self.bm * (kc * 256 + 32)),
+                      16) * 16
+        red = self.wk * self.wn * self.na * self.mb * 4 * 32 * 4 if self.wk > 1 else 0
+        xfull = M * (_cdiv(K, 128) * 256 + 64) + K // group_size * 32 if self.xfull else 0
+        return self.stages * stage + red + xfull
+
+
+W4A16_STREAM = {
+    "v5": W4Stream("w4a16_v5_f16", 1, 1, 1, 8, 2, 4, True),
+    "v5s3": W4Stream("w4a16_v5s3_f16", 1, 1, 1, 8, 2, 3, True),
+    "silu_v5": W4Stream("w4a16_silu_v5_f16", 1, 1, 1, 8, 2, 4, True),
+    "v6_m16": W4Stream("w4a16_v6_m16_f16", 2, 2, 4, 1, 1, 4, False),
+    "v6_m32": W4Stream("w4a16_v6_m32_f16", 2, 4, 4, 1, 1, 4, False),
+    "v6_m64": W4Stream("w4a16_v6_m64_f16", 2, 8, 4, 1, 1, 3, False),
+}
+_w4_work: dict[int, list] = {}   # device id -> [(float32 slots, int32 tile counters), ...older kept for graphs]
+_smem_optin: dict[tuple, int] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_limits(device_id: int) -> tuple[int, int]:
+    """(shared memory per multiprocessor, the most one block may opt in to), bytes."""
+    attrs = cp.cuda.Device(device_id).attributes
+    return int(attrs["MaxSharedMemoryPerMultiprocessor"]), int(attrs["MaxSharedMemoryPerBlockOptin"])
+
+
+def _own_array(n: int, dtype, zero: bool = False):
+    """A 1-D array on its own cudaMalloc allocation, outside every memory pool: kept for the process, it must
+    outlive whatever private pool (a graph capture's, a benchmark's) happened to be current when it was made."""
+    a = cp.ndarray((n,), dtype, cp.cuda.MemoryPointer(cp.cuda.Memory(n * np.dtype(dtype).itemsize), 0))
+    if zero:
+        cp.cuda.runtime.memset(a.data.ptr, 0, a.nbytes)
+    return a
+
+
+def _w4a16_workspace(floats: int, tiles: int):
+    """Partial-tile slots (no initial value needed) and per-tile counters (zero; each launch leaves them zero).
+    Made by an eager call (the warm-up before a capture); a capture that would need a larger one refuses."""
+    pairs = _w4_work.setdefault(cp.cuda.Device().id, [])
+    if not pairs or pairs[-1][0].size < floats or pairs[-1][1].size < tiles:
+        if _capturing():
+            raise Unsupported
+        pairs.append((_own_array(max(floats, 1 << 20), F32), _own_array(max(tiles, 4096), np.int32, zero=True)))
+    return pairs[-1]
+
+
+def _stream_ok(x, ldx, qweight, scales, zeros, K) -> bool:
+    return (_cc() >= 80 and K % 32 == 0 and _aligned16(x, qweight, ldx * 2) and qweight.size < 2 ** 31
+            and scales.data.ptr % 4 == 0 and zeros.data.ptr % 4 == 0)
+
+
+def _stream_kernel(cfg: W4Stream, smem: int):
+    """The compiled kernel, allowed `smem` bytes of dynamic shared memory and the largest shared-memory
+    carveout (without it the driver may size L1 / shared memory for one block per multiprocessor)."""
+    fn = _fn("w4a16_gemm.cu", cfg.kernel)
+    key = (cfg.kernel, cp.cuda.Device().id)
+    if key not in _smem_optin:
+        fn.preferred_shared_memory_carveout = 100
+        _smem_optin[key] = 48 << 10
+    if smem > _smem_optin[key]:                                # raise the kernel's limit once (not a stream op)
+        fn.max_dynamic_shared_size_bytes = smem
+        _smem_optin[key] = smem
+    return fn
+
+
+@functools.lru_cache(maxsize=1024)
+def _blocks_per_sm(kernel: str, device_id: int, threads: int, smem: int) -> int:
+    fn = _fn("w4a16_gemm.cu", kernel)
+    try:
+        return max(1, cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, threads, smem))
+    except (AttributeError, cp.cuda.driver.CUDADriverError):
+        return max(1, min(2, _smem_limits(device_id)[0] // (smem + 1024)))
+
+
+def w4a16_stream_plan(cfg: W4Stream, M: int, N: int, K: int, group_size: int, blocks=None, tile_mode=None):
+    """(blocks, tile_mode, shared bytes) of a launch, or None if its shared memory does not fit one block.
+    Tile mode (no tile shared between blocks) when whole tiles fill the multiprocessors' block slots to at
+    least 85% (a shared tile costs a counter and a second pass); otherwise the granule is one slab and a
+    shared tile is summed by the last of its blocks."""
+    smem = cfg.smem(M, K, group_size)
+    device = cp.cuda.Device().id
+    if smem > _smem_limits(device)[1]:
+        return None
+    _stream_kernel(cfg, smem)
+    slots = _sms() * min(4, _blocks_per_sm(cfg.kernel, device, cfg.threads, smem))
+    tiles = _cdiv(N, cfg.bn) * _cdiv(M, cfg.bm)
+    slabs = tiles * _cdiv(_cdiv(K, 128), cfg.wk * cfg.cpw)
+    if tile_mode is None:
+        tile_mode = tiles >= 0.85 * slots * _cdiv(tiles, slots)
+    granules = tiles if tile_mode else slabs
+    return min(blocks or slots, granules), bool(tile_mode), smem
+
+
+def _w4a16_stream(cfg: W4Stream, x, ldx, qweight, scales, zeros, group_size, bias, M, K, blocks=None,
+                  tile_mode=None):
+    """Launch a streaming kernel (x may be gate_up for the silu variant: then ldx = 2K, K its half)."""
+    N = qweight.shape[0]
+    plan = w4a16_stream_plan(cfg, M, N, K, group_size, blocks, tile_mode)
+    if plan is None:
+        raise Unsupported
+    B, tile_mode, smem = plan
+    if not (M and N):
+        return cp.empty((M, N), F16)
+    ws, counters = _w4a16_workspace(B * 2 * cfg.bn * cfg.bm, _cdiv(N, cfg.bn) * _cdiv(M, cfg.bm))
+    y = cp.empty((M, N), F16)
+    fn = _stream_kernel(cfg, smem)
+    fn((B,), (cfg.threads,), (x, _i32(ldx), qweight, scales, zeros, _i32(group_size), NULL if bias is None else bias,
+                              y, _i32(M), _i32(N), _i32(K), ws, counters, _i32(tile_mode)), shared_mem=smem)
+    return y
+
+
+@_version("linear_w4a16", "v5")
+def _w4a16_v5(x, qweight, scales, zeros, group_size, bias=None, variant="v5"):
+    M, K = x.shape
+    ldx = _row_stride(x, "linear_w4a16", "x")
+    if M > SMALL_M or not _stream_ok(x, ldx, qweight, scales, zeros, K):
+        raise Unsupported
+    return _w4a16_stream(W4A16_STREAM[variant], x, ldx, qweight, scales, zeros, group_size, bias, M, K)
+
+
+def w4a16_v6_config(M: int) -> str:
+    """The v6 tile height for M rows: 16, 32 or 64 rows of x per tile (the smallest that holds them)."""
+    return "v6_m16" if M <= 16 else "v6_m32" if M <= 32 else "v6_m64"
+
+
+@_version("linear_w4a16", "v6")
+def _w4a16_v6(x, qweight, scales, zeros, group_size, bias=None):
+    M, K = x.shape
+    ldx = _row_stride(x, "linear_w4a16", "x")
+    if not _stream_ok(x, ldx, qweight, scales, zeros, K):
+        raise Unsupported
+    return _w4a16_stream(W4A16_STREAM[w4a16_v6_config(M)], x, ldx, qweight, scales, zeros, group_size, bias, M, K)
+
+
+def w4a16_order(M: int, N: int) -> tuple[str, ...]:
+    """The order linear_w4a16 tries its versions in for M rows and N outputs — the rule measured on an H100
+    (docs/benchmarks.md, 4096 × 4096 and 11008 × 4096, g128):
+        M <= 8                          v3   (v5 streams, but its per-slab work costs more than it saves)
+        M <= 32, ceil(N / 16) <= 2·SMs  v2   (its grid is one wave: 15.4 vs v6 19.9 µs at M = 16, N = 4096)
+        M <= W4A16_TC_MAX_M             v6   (29.2 vs v2 31.7 µs at M = 16, N = 11008; 28.6 vs v4 30.1 at M = 64)
+        more rows                       v4   (dequantize once + cuBLAS; refuses while a graph is captured: v6)
+    Each list ends with versions that take whatever the first refuses (K % 32, alignment, sm < 80)."""
+    if M <= SMALL_M:
+        return ("v3", "v2", "v1")
+    if M <= 32 and _cdiv(N, 16) <= 2 * _sms():
+        return ("v2", "v6", "v1")
+    if M <= W4A16_TC_MAX_M:
+        return ("v6", "v2", "v1")
+    return ("v4", "v6", "v2", "v1")
+
+
+DEFAULTS["linear_w4a16"] = ("v3", "v6", "v4", "v2", "v5", "v1")   # w4a16_order picks the order per call
 
 
 # ---------------------------------------------------------------- the MLP's down projection with silu fused in
@@ -558,6 +739,14 @@ def _silu_w4a16_v3(gate_up, qweight, scales, zeros, group_size, bias=None):
     return y
 
 
+@_version("silu_and_mul_linear_w4a16", "v5")
+def _silu_w4a16_v5(gate_up, qweight, scales, zeros, group_size, bias=None):
+    M, K = gate_up.shape[0], gate_up.shape[1] // 2
+    if M > SMALL_M or not _stream_ok(gate_up, 2 * K, qweight, scales, zeros, K):
+        raise Unsupported
+    return _w4a16_stream(W4A16_STREAM["silu_v5"], gate_up, 2 * K, qweight, scales, zeros, group_size, bias, M, K)
+
+
 @_version("silu_and_mul_linear_w4a16", "unfused")
 def _silu_w4a16_unfused(gate_up, qweight, scales, zeros, group_size, bias=None):
     return linear_w4a16(silu_and_mul(gate_up), qweight, scales, zeros, group_size, bias)
@@ -566,7 +755,7 @@ def _silu_w4a16_unfused(gate_up, qweight, scales, zeros, group_size, bias=None):
 # measured (docs/benchmarks.md): the fused kernel loses — its activation work sits on the critical path of
 # every chunk for the few lanes that own the rows, which costs more than the separate launch it saves
 DEFAULTS["silu_and_mul_linear"] = ("unfused", "v3")
-DEFAULTS["silu_and_mul_linear_w4a16"] = ("unfused", "v3")
+DEFAULTS["silu_and_mul_linear_w4a16"] = ("unfused", "v5", "v3")   # unfused 24.9, v5 26.4, v3 77.6 µs (11008)
 
 
 # ---------------------------------------------------------------- rotary embedding
@@ -855,6 +1044,41 @@ def _prefill_v2(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, s
     return out
 
 
+PREFILL_V3_ROWS = 64            # kernels_cu/attention_prefill.cu: V3_BM (query rows per block)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_with_smem(file: str, kernel: str, smem: int, device_id: int):
+    """The kernel, allowed `smem` bytes of dynamic shared memory (above 48 KB a kernel must opt in; once per
+    kernel and device, before any launch or capture)."""
+    fn = _fn(file, kernel)
+    if smem > 48 * 1024:
+        fn.max_dynamic_shared_size_bytes = smem
+    return fn
+
+
+@_version("attention_prefill", "v3")
+def _prefill_v3(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, scale):
+    """Tensor cores (mma.sync): sm_80+, float16, head_dim 64 or 128, 16-byte aligned q rows and caches."""
+    T, H, D = q.shape
+    ldq = _row_stride(q, "paged_attention", "q")
+    if q.dtype != F16 or D not in (64, 128) or _cc() < 80 or not _aligned16(q, k_cache, v_cache, ldq * 2):
+        raise Unsupported
+    tables, ctx, cu = _attention_args(q, k_cache, block_tables, context_lens, cu_seqlens_q)
+    B = ctx.shape[0]
+    tiles = _cdiv(T, PREFILL_V3_ROWS) + B                    # >= sum over b of ceil(n_b / 64); grid y <= 65535
+    if tiles > 65535:
+        raise Unsupported
+    out = cp.empty((T, H, D), q.dtype)
+    if T:
+        smem = 4 * 64 * D * 2                                # K and V tiles, two stages each
+        fn = _kernel_with_smem("attention_prefill.cu", f"attention_prefill_v3_d{D}", smem, cp.cuda.Device().id)
+        fn((H, tiles), (128,), (q, _i32(ldq), k_cache, v_cache, tables, _i32(tables.shape[1]), ctx, cu, _i32(B), out,
+                                _i32(H), _i32(k_cache.shape[2]), _i32(k_cache.shape[1]),
+                                np.float32(scale * math.log2(math.e))), shared_mem=smem)
+    return out
+
+
 DECODE_MAX_SPLITS = 64          # kernels_cu/attention_decode.cu: MAX_SPLITS
 
 
@@ -892,7 +1116,7 @@ def _decode_v2(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, sc
     return out
 
 
-DEFAULTS["attention_prefill"] = ("v2", "v1")
+DEFAULTS["attention_prefill"] = ("v3", "v2", "v1")    # v3: sm_80+, fp16, head_dim 64/128 (docs/kernels.md)
 DEFAULTS["attention_decode"] = ("v2", "v1")
 
 

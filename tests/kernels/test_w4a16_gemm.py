@@ -1,5 +1,7 @@
 """kernels_cu/w4a16_gemm.cu: linear_w4a16 every version vs reference.linear_w4a16, group sizes 32/64/128,
-GEMV (1..8 rows) and GEMM (many rows) paths, output counts that are not multiples of the 16-row tile."""
+GEMV (1..8 rows) and GEMM (many rows) paths, output counts that are not multiples of the 16-row tile; the
+streaming kernels (v5, v6) also with forced block counts in both partition modes, so that tiles shared by
+several blocks (the counter + slot reduction) and ranges that start and end mid-tile are exercised."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def make(rng, M, K, N, g, bias):
 @pytest.mark.parametrize("g", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(1, 4096, 1000), (3, 576, 960), (8, 1536, 577), (13, 512, 96), (70, 256, 130),
                                    (1, 96, 17)])
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_w4a16(version, M, K, N, g, bias):
     if K % g:
@@ -34,11 +36,41 @@ def test_w4a16(version, M, K, N, g, bias):
     x, w, b, (xd, qd, sd, zd), bd = make(rng, M, K, N, g, bias)
     got = run_version("linear_w4a16", version, xd, qd, sd, zd, g, bd)
     if got is None:
-        assert (version == "v4" and M < cuda.W4A16_CUBLAS_M) or (version in ("v2", "v3") and K % 32) or (
-            version == "v3" and M > cuda.SMALL_M)
+        assert (version == "v4" and M < cuda.W4A16_CUBLAS_M) or (version in ("v2", "v3", "v5", "v6") and K % 32) or (
+            version in ("v3", "v5") and M > cuda.SMALL_M)
         return
     want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
     assert_close(got, want, "linear_w4a16", "float16", f"{version} g{g} seed {seed}")
+
+
+@pytest.mark.parametrize("cfg", ["v5", "v5s3", "v6_m16", "v6_m32", "v6_m64"])
+@pytest.mark.parametrize("M,K,N,g", [(1, 1536, 1000, 64), (3, 576, 161, 32), (7, 4096, 40, 128), (13, 384, 300, 128),
+                                     (33, 640, 129, 32), (70, 256, 257, 64)])
+@pytest.mark.parametrize("blocks,tile_mode", [(1, False), (3, False), (7, False), (5, True), (None, None)])
+def test_w4a16_stream_partitions(cfg, M, K, N, g, blocks, tile_mode):
+    c = cuda.W4A16_STREAM[cfg]
+    if c.xfull and M > 8:
+        pytest.skip("the GEMV configurations take at most 8 rows")
+    rng, seed = fresh_rng()
+    x, w, b, (xd, qd, sd, zd), bd = make(rng, M, K, N, g, True)
+    want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
+    got = cuda._w4a16_stream(c, xd, K, qd, sd, zd, g, bd, M, K, blocks=blocks, tile_mode=tile_mode)
+    what = f"{cfg} blocks={blocks} tile_mode={tile_mode} g{g} seed {seed}"
+    assert_close(got, want, "linear_w4a16", "float16", what)
+    again = cuda._w4a16_stream(c, xd, K, qd, sd, zd, g, bd, M, K, blocks=blocks, tile_mode=tile_mode)
+    np.testing.assert_array_equal(got.get(), again.get(), err_msg=f"not deterministic: {what}")
+
+
+def test_w4a16_stream_strided_rows():
+    """x rows further apart than K (a view of a wider buffer), through the v5 and v6 defaults."""
+    rng, seed = fresh_rng()
+    x, w, _, (_, qd, sd, zd), _ = make(rng, 20, 512, 200, 64, False)
+    wide = cp.zeros((20, 512 + 64), cp.float16)
+    wide[:, :512] = cp.asarray(x)
+    for M, version in ((5, "v5"), (20, "v6")):
+        got = run_version("linear_w4a16", version, wide[:M, :512], qd, sd, zd, 64, None)
+        want = ref.linear_w4a16(x[:M], w.qweight, w.scales, w.zeros, 64)
+        assert_close(got, want, "linear_w4a16", "float16", f"{version} seed {seed}")
 
 
 @pytest.mark.parametrize("g", [32, 128])
@@ -52,7 +84,7 @@ def test_dequantize_matches_primitives(g):
 
 @pytest.mark.parametrize("g", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(1, 1536, 576), (4, 512, 130), (8, 256, 1000), (12, 128, 64)])
-@pytest.mark.parametrize("version", ["v3", "unfused"])
+@pytest.mark.parametrize("version", ["v3", "v5", "unfused"])
 def test_silu_and_mul_linear_w4a16(version, M, K, N, g):
     if K % g:
         pytest.skip(f"group {g} does not divide K={K}")
@@ -62,10 +94,10 @@ def test_silu_and_mul_linear_w4a16(version, M, K, N, g):
     args = [cp.asarray(a) for a in (gu, w.qweight, w.scales, w.zeros)]
     got = run_version("silu_and_mul_linear_w4a16", version, *args, g, None)
     if got is None:
-        assert version == "v3" and M > cuda.SMALL_M
+        assert version in ("v3", "v5") and M > cuda.SMALL_M
         return
     want = ref.silu_and_mul_linear_w4a16(gu, w.qweight, w.scales, w.zeros, g)
     assert_close(got, want, "linear_w4a16", "float16", f"{version} g{g} seed {seed}")
-    if version == "v3":
-        np.testing.assert_array_equal(got.get(), run_version("silu_and_mul_linear_w4a16", "unfused", *args, g,
-                                                             None).get())
+    if version != "unfused":      # the same linear kernel on the separately computed activation: the same bits
+        act = cuda.silu_and_mul(args[0])
+        np.testing.assert_array_equal(got.get(), run_version("linear_w4a16", version, act, *args[1:], g, None).get())
