@@ -11,6 +11,13 @@ Every request runs on the continuous-batching engine (refengine.engine.engine.En
 is submitted at once and generated together. Engine settings (LMDeploy's names) come in an EngineConfig:
 
     refengine.pipeline("demo", engine_config=EngineConfig(max_batch_size=32, enable_prefix_caching=True))
+
+`tp=N` splits the model over N GPUs (N CPU processes with backend="numpy"; docs/tensor_parallel.md). The
+ranks are processes: close the pipeline (or use it in a `with`) to stop them, and guard a script that
+starts them with `if __name__ == "__main__":`.
+
+    with refengine.pipeline("./ws", tp=2) as pipe:
+        print(pipe("Hi").text)
 """
 
 from __future__ import annotations
@@ -23,9 +30,8 @@ from refengine.engine.engine import Engine
 from refengine.engine.request import EngineOutput
 from refengine.engine.sampler import TokenChoice
 from refengine.errors import GenerationConfigError
-from refengine.model.llama import LlamaModel
 from refengine.model.loader import LoadedModel, load_model
-from refengine.ops import get_backend
+from refengine.parallel.build import build_model
 from refengine.sampling_params import GenerationConfig
 
 Messages = list[dict]
@@ -45,22 +51,28 @@ class Response:
 
 class Pipeline:
     def __init__(self, loaded: LoadedModel, backend: str = "auto", session_len: int | None = None,
-                 gen_config: GenerationConfig | None = None, engine_config: EngineConfig | None = None):
+                 gen_config: GenerationConfig | None = None, engine_config: EngineConfig | None = None,
+                 tp: int = 1):
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
-        self.model = LlamaModel(loaded.config, loaded.weights, get_backend(backend))
+        self.model = build_model(loaded, backend, tp)       # checks tp before any rank process starts
         config = engine_config or EngineConfig()
         if session_len is not None:
             config = replace(config, session_len=session_len)
-        self.engine = Engine(self.model, self.tokenizer, config)
+        try:
+            self.engine = Engine(self.model, self.tokenizer, config)
+        except BaseException:
+            self._close_model()                 # e.g. a session_len the cache cannot hold: stop the ranks now
+            raise
         self.session_len = self.engine.session_len
         self.gen_config = gen_config or GenerationConfig()
 
     @classmethod
     def from_model(cls, model: str, backend: str = "auto", chat_template: str | None = None,
                    session_len: int | None = None, gen_config: GenerationConfig | None = None,
-                   engine_config: EngineConfig | None = None) -> "Pipeline":
-        return cls(load_model(model, chat_template=chat_template), backend, session_len, gen_config, engine_config)
+                   engine_config: EngineConfig | None = None, tp: int = 1) -> "Pipeline":
+        return cls(load_model(model, chat_template=chat_template), backend, session_len, gen_config, engine_config,
+                   tp)
 
     def encode_prompt(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
         """Token ids for a prompt: a str (a user message, or raw text with do_preprocess=False),
@@ -113,7 +125,20 @@ class Pipeline:
     stream_infer = stream
 
     def close(self) -> None:
+        """Stop the engine's thread, then the model's rank processes (tp > 1)."""
         self.engine.close()
+        self._close_model()
+
+    def _close_model(self) -> None:
+        close = getattr(self.model, "close", None)      # a LlamaModel holds no processes; a split model does
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _response(out: EngineOutput) -> Response:

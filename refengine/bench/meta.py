@@ -2,7 +2,9 @@
 
 `decode_weight_bytes` and `kv_bytes_per_token` are what one decode step must read from memory (weights once
 per step, K and V of every context token of every sequence): tools/plot_benchmarks.py turns them and the
-copy bandwidth into the bandwidth bound on decode tokens/s.
+copy bandwidth into the bandwidth bound on decode tokens/s. Under tensor parallelism (--tp N) both are one
+GPU's share (rank 0's shard: its heads, channels and vocabulary rows), since every GPU reads its own share
+at its own bandwidth at the same time; `tp` says how many there are.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ def _nbytes(a) -> int:
     if isinstance(a, Int4Weight):
         return int(a.qweight.nbytes + a.scales.nbytes + a.zeros.nbytes)
     return int(a.nbytes)
+
+
+def rank_model(model):
+    """What one GPU holds and reads each step: the model itself, or under --tp rank 0's LlamaModel
+    (TensorParallelModel.local, 1/N of the heads, channels and vocabulary)."""
+    return getattr(model, "local", model)
 
 
 def decode_weight_bytes(model) -> int:
@@ -46,14 +54,18 @@ def weight_type(model) -> tuple[str, int | None]:
 def run_meta(engine, model_spec: str, backend: str, device: str, copy_gbps: float | None, seed: int,
              label: str | None) -> dict:
     model = engine.model
-    wtype, group = weight_type(model)
+    rank = rank_model(model)
+    wtype, group = weight_type(rank)
     c = model.cfg
-    return {"label": label or f"refengine {backend} {wtype}" + (f" g{group}" if group else ""),
+    tp = getattr(model, "tp", 1)
+    return {"label": label or f"refengine {backend} {wtype}" + (f" g{group}" if group else "")
+            + (f" tp{tp}" if tp > 1 else ""),
             "model": model_spec, "backend": backend, "device": device, "weight_type": wtype, "group_size": group,
             "shape": {"hidden": c.hidden_size, "layers": c.num_layers, "heads": c.num_heads,
                       "kv_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate": c.intermediate_size,
                       "vocab": c.vocab_size},
-            "decode_weight_bytes": decode_weight_bytes(model), "kv_bytes_per_token": kv_bytes_per_token(model),
+            "tp": tp,
+            "decode_weight_bytes": decode_weight_bytes(rank), "kv_bytes_per_token": kv_bytes_per_token(rank),
             "copy_GBps": copy_gbps,
             "engine": {**dataclasses.asdict(engine.config), "session_len": engine.session_len,
                        "kv_blocks": engine.core.block_manager.num_blocks},

@@ -3,7 +3,7 @@
 JSON (the input of tools/plot_benchmarks.py; docs/bench.md lists every key):
 
     {"kind": "generation" | "throughput" | "compare",
-     "meta": {"label", "model", "backend", "device", "weight_type", "group_size", "decode_weight_bytes",
+     "meta": {"label", "model", "backend", "device", "tp", "weight_type", "group_size", "decode_weight_bytes",
               "kv_bytes_per_token", "copy_GBps", "engine": {...}, "seed", "date", "refengine"},
      "rows": [{...one flat dict per configuration...}]}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from refengine.bench.errors import BenchError
+from refengine.cli.chat import tp_option
 from refengine.cli.options import handle_user_errors
 from refengine.errors import RefengineError
 from refengine.ops import BACKENDS
@@ -39,6 +40,7 @@ def engine_options(fn):
     options = [
         click.argument("model"),
         click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True),
+        tp_option,
         click.option("--cache-max-entry-count", type=click.FloatRange(0, min_open=True), default=0.8,
                      show_default=True, help="KV cache: fraction of free memory (< 1) or a number of blocks."),
         click.option("--max-batch-size", type=click.IntRange(min=1), default=None,
@@ -130,26 +132,36 @@ def _check_outputs(kw) -> None:
 
 @contextlib.contextmanager
 def _engine(model: str, kw: dict, batch: int):
-    """(engine, meta) built from the flags; the engine is closed afterwards."""
+    """(engine, meta) built from the flags; the engine (and with --tp, its rank processes) closed afterwards."""
     from refengine.bench.device import copy_bandwidth_gbps, device_name
     from refengine.bench.meta import run_meta
     from refengine.config import EngineConfig
     from refengine.engine.engine import Engine
-    from refengine.ops import get_backend
+    from refengine.model.loader import load_model
+    from refengine.parallel import build_model
     logging.basicConfig(level=logging.WARNING, format="refengine: %(levelname)s: %(message)s")
-    xp = get_backend(kw["backend"]).xp
-    backend = "numpy" if xp.__name__ == "numpy" else "cupy"
-    copy = copy_bandwidth_gbps(xp)                   # before the KV cache takes the free memory
     config = EngineConfig(session_len=kw["session_len"], max_batch_size=kw["max_batch_size"] or batch,
                           cache_max_entry_count=kw["cache_max_entry_count"],
                           cache_block_seq_len=kw["cache_block_seq_len"],
                           max_prefill_token_num=kw["max_prefill_token_num"])
-    click.echo(f"loading {model} on {backend} ...", err=True)
-    engine = Engine.from_model(model, backend=backend, config=config)
+    click.echo(f"loading {model} (--backend {kw['backend']}, --tp {kw['tp']}) ...", err=True)
+    loaded = load_model(model)
+    lm = build_model(loaded, kw["backend"], kw["tp"])        # a bad --tp is refused here, before any process
     try:
-        yield engine, run_meta(engine, model, backend, device_name(xp), copy, kw["seed"], kw["label"])
+        xp = lm.ops.xp
+        backend = "numpy" if xp.__name__ == "numpy" else "cupy"
+        copy = copy_bandwidth_gbps(xp)                   # before the KV cache takes the free memory
+        with Engine(lm, loaded.tokenizer, config) as engine:
+            yield engine, run_meta(engine, model, backend, device_name(xp), copy, kw["seed"], kw["label"])
     finally:
-        engine.close()
+        _close_model(lm)
+
+
+def _close_model(model) -> None:
+    """Stop a --tp model's rank processes (a plain LlamaModel holds none)."""
+    close = getattr(model, "close", None)
+    if close is not None:
+        close()
 
 
 def _workload(engine, n, prompt_median, output_median, sigma, dataset, seed):

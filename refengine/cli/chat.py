@@ -20,6 +20,14 @@ from refengine.engine.errors import SessionLengthError
 ENGINE_NAMES = ("turbomind", "refengine")     # `chat ENGINE MODEL`, as LMDeploy once spelled it
 
 
+def tp_option(fn):
+    """--tp N. Not an EngineConfig field: it decides which model object the engine gets (refengine.parallel's
+    build_model, which refuses a --tp that cannot run before any process starts)."""
+    return click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
+                        help="Tensor parallelism: split the model over this many GPUs (a power of two; with "
+                             "--backend numpy, CPU processes).")(fn)
+
+
 def engine_options(fn):
     """The engine's flags (LMDeploy's names); EngineConfig's defaults."""
     d = EngineConfig()
@@ -35,6 +43,7 @@ def engine_options(fn):
         click.option("--max-prefill-token-num", type=click.IntRange(min=1), default=d.max_prefill_token_num,
                      show_default=True, help="Most tokens in one engine step (long prompts go in chunks)."),
         click.option("--enable-prefix-caching", is_flag=True, help="Reuse the KV blocks of common prompt prefixes."),
+        tp_option,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -49,17 +58,21 @@ def pop_engine_config(kwargs: dict, session_len: int | None) -> EngineConfig:
     return EngineConfig(session_len=session_len, **{k: kwargs.pop(k) for k in ENGINE_KEYS})
 
 
-def load_chat_pipeline(model: str, backend: str, chat_template: str | None, engine_config: EngineConfig):
+def load_chat_pipeline(model: str, backend: str, chat_template: str | None, engine_config: EngineConfig,
+                       tp: int = 1):
+    """The Pipeline for chat and the server; close it to stop the engine (and, with tp > 1, the rank processes)."""
     from refengine.pipeline import Pipeline
     logging.basicConfig(level=logging.WARNING, format="refengine: %(levelname)s: %(message)s")
     start = time.perf_counter()
     click.echo(f"loading {model} ...", err=True)
-    pipe = Pipeline.from_model(model, backend=backend, chat_template=chat_template, engine_config=engine_config)
+    pipe = Pipeline.from_model(model, backend=backend, chat_template=chat_template, engine_config=engine_config,
+                               tp=tp)
     c, core = pipe.loaded.config, pipe.engine.core
+    split = f", split over {tp} ranks" if tp > 1 else ""
     click.echo(f"loaded {c.family} model: {c.num_layers} layers, hidden {c.hidden_size}, vocab {c.vocab_size} "
-               f"from {pipe.loaded.source} in {time.perf_counter() - start:.1f} s; session_len {pipe.session_len}, "
-               f"KV cache {core.block_manager.num_blocks} blocks of {engine_config.cache_block_seq_len} tokens",
-               err=True)
+               f"from {pipe.loaded.source}{split} in {time.perf_counter() - start:.1f} s; session_len "
+               f"{pipe.session_len}, KV cache {core.block_manager.num_blocks} blocks of "
+               f"{engine_config.cache_block_seq_len} tokens", err=True)
     return pipe
 
 
@@ -86,7 +99,7 @@ def split_engine_name(model: str, path: str | None) -> str:
 @sampling_options
 @engine_options
 @handle_user_errors
-def chat(model, path, backend, chat_template, session_len, **kwargs):
+def chat(model, path, backend, chat_template, session_len, tp, **kwargs):
     """Chat with MODEL in the terminal (`end`: new conversation, `exit`: quit).
 
     MODEL is `demo` (the embedded SmolLM2-135M-Instruct), a GGUF file, a Hugging Face directory or hub id;
@@ -94,8 +107,11 @@ def chat(model, path, backend, chat_template, session_len, **kwargs):
     """
     gen_config = pop_generation_config(kwargs)
     pipe = load_chat_pipeline(split_engine_name(model, path), backend, chat_template,
-                              pop_engine_config(kwargs, session_len))
-    ChatLoop(pipe.engine, gen_config).run()
+                              pop_engine_config(kwargs, session_len), tp)
+    try:
+        ChatLoop(pipe.engine, gen_config).run()
+    finally:
+        pipe.close()                                # with --tp: the rank processes end here, not at exit
 
 
 class ChatLoop:

@@ -71,12 +71,12 @@ def pop_generation_config(kwargs: dict) -> GenerationConfig:
     return GenerationConfig(**{k: kwargs.pop(k) for k in SAMPLING_KEYS})
 
 
-def load_pipeline(model: str, backend: str, chat_template: str | None, session_len: int | None):
+def load_pipeline(model: str, backend: str, chat_template: str | None, session_len: int | None, tp: int = 1):
     from refengine.pipeline import Pipeline
     logging.basicConfig(level=logging.WARNING, format="refengine: %(levelname)s: %(message)s")
     start = time.perf_counter()
     click.echo(f"loading {model} ...", err=True)
-    pipe = Pipeline.from_model(model, backend=backend, chat_template=chat_template, session_len=session_len)
+    pipe = Pipeline.from_model(model, backend=backend, chat_template=chat_template, session_len=session_len, tp=tp)
     c = pipe.loaded.config
     click.echo(f"loaded {c.family} model: {c.num_layers} layers, hidden {c.hidden_size}, vocab {c.vocab_size} "
                f"from {pipe.loaded.source} in {time.perf_counter() - start:.1f} s", err=True)

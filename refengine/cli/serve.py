@@ -1,6 +1,6 @@
 """`refengine-serve`: the HTTP server and its clients, with LMDeploy's command names.
 
-    refengine-serve api_server MODEL_OR_WORKSPACE [--server-port 23333] [--api-keys K] [engine flags]
+    refengine-serve api_server MODEL_OR_WORKSPACE [--server-port 23333] [--api-keys K] [--tp N] [engine flags]
     refengine-serve api_client http://localhost:23333 [--api-key K] [--session-id N]
     refengine-serve webui http://localhost:23333 [--server-port 6006] [--api-key K]
 """
@@ -28,8 +28,6 @@ def server_options(fn):
     options = [
         click.option("--server-name", default="0.0.0.0", show_default=True, help="Address to listen on."),
         click.option("--server-port", type=click.IntRange(0, 65535), default=23333, show_default=True),
-        click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Tensor parallelism (GPUs per model)."),
         click.option("--instance-num", type=click.IntRange(min=1), default=None,
                      help="LMDeploy's older name for --max-batch-size (used when that flag is not given)."),
         click.option("--model-name", default=None, help="Name in /v1/models (default: from MODEL)."),
@@ -63,15 +61,12 @@ def api_server(model, backend, chat_template, session_len, server_name, server_p
     OpenAI routes (/v1/chat/completions, /v1/completions, /v1/models), LMDeploy's /v1/chat/interactive and
     /v1/encode, /health, /metrics, and interactive API docs at /.
     """
-    if tp > 1:
-        raise click.UsageError(f"--tp {tp}: tensor parallelism needs {tp} GPUs and is not wired into the "
-                               f"server yet; use --tp 1")
     source = click.get_current_context().get_parameter_source("max_batch_size")
     if instance_num is not None and source is not click.core.ParameterSource.COMMANDLINE:
         kwargs["max_batch_size"] = instance_num
     logging.basicConfig(level=log_level.upper(), format="refengine: %(levelname)s: %(name)s: %(message)s")
     logging.getLogger().setLevel(log_level.upper())
-    pipe = load_chat_pipeline(model, backend, chat_template, pop_engine_config(kwargs, session_len))
+    pipe = load_chat_pipeline(model, backend, chat_template, pop_engine_config(kwargs, session_len), tp)
     from refengine.server.app import run_api_server
     try:
         run_api_server(pipe.engine, server_name, server_port, model_name=model_name or default_name(model),

@@ -72,7 +72,9 @@ class EngineCore:
     def build(cls, model, config: EngineConfig = EngineConfig(), tokenizer=None) -> "EngineCore":
         """Size the KV cache (cache_max_entry_count), then the block manager, scheduler and runner."""
         cache, bs = config.cache_config(), config.cache_block_seq_len
-        per_block = KVCache.bytes_per_block(model.cfg, bs, model.dtype.itemsize)
+        # a tensor-parallel model's rank holds only its KV heads: its blocks are smaller than model.cfg's
+        per_block = model.kv_bytes_per_block(bs) if hasattr(model, "kv_bytes_per_block") \
+            else KVCache.bytes_per_block(model.cfg, bs, model.dtype.itemsize)
         num_blocks = num_kv_blocks(cache.cache_max_entry_count, per_block, xp=model.ops.xp)
         session_len = resolve_session_len(config.session_len, model.cfg.max_position_embeddings, num_blocks * bs)
         blocks = BlockManager(num_blocks, bs, cache.enable_prefix_caching)

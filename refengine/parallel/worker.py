@@ -13,6 +13,7 @@ only to take part in the gather. If rank 0 goes away, the pipe ends and so does 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ def serve(control, model) -> None:
 
 def worker_main(args: WorkerArgs, control, data_conn=None) -> None:
     """The process entry point (must stay importable without CuPy: the spawn child imports this module)."""
+    # Ctrl-C in a terminal reaches the whole process group: rank 0 decides (STOP, or its pipe closing)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(dict(args.env))
     try:
         model, vocab_size = build_rank(args)

@@ -19,9 +19,10 @@ def pipes(monkeypatch):
     model = tiny_model(seed=4)
 
     def from_model(cls, spec, backend="auto", chat_template=None, session_len=None, gen_config=None,
-                   engine_config=None):
+                   engine_config=None, tp=1):
         assert spec == "tiny"
-        pipe = Pipeline(LoadedModel(model.cfg, model.weights, TOK, "tiny"), backend, None, gen_config, engine_config)
+        pipe = Pipeline(LoadedModel(model.cfg, model.weights, TOK, "tiny"), backend, None, gen_config, engine_config,
+                        tp)
         made.append(pipe)
         return pipe
 
