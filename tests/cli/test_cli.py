@@ -6,23 +6,8 @@ import sys
 
 import pytest
 
-from refengine.cli.main import cli
-from refengine.cli.options import run_click
+from tests.cli_helpers import assert_one_line_error, run
 from tests.hf_models import make_tiny_model
-
-
-def run(argv, capsys):
-    code = run_click(cli, argv, prog_name="refengine")
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    lines = [l for l in err.splitlines() if l.startswith("refengine: error:")]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_generate_with_the_default_model_end_to_end(demo_gguf_dir):

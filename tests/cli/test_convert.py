@@ -7,22 +7,13 @@ import pytest
 
 from refengine.cli.convert import convert, template_for_model_name
 from refengine.cli.main import cli
-from refengine.cli.options import run_click
+from tests.cli_helpers import assert_one_line_error
+from tests.cli_helpers import run as run_cli
 from tests.hf_models import make_tiny_model
 
 
 def run(argv, capsys, command=convert, prog="refengine-convert"):
-    code = run_click(command, argv, prog_name=prog)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    lines = [l for l in err.splitlines() if ": error:" in l]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    return run_cli(argv, capsys, command, prog)
 
 
 def nothing_written(parent, name="ws"):

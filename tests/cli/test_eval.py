@@ -6,20 +6,13 @@ import math
 import numpy as np
 
 from refengine import ops
-from refengine.cli.main import cli
-from refengine.cli.options import run_click
 from refengine.model.llama import LlamaModel
 from refengine.model.loader import load_model
 from refengine.quant.eval import chunk_nll, perplexity
+from tests.cli_helpers import run
 from tests.hf_models import make_tiny_model
 
 TEXT = "It was the best of times, it was the worst of times. " * 12
-
-
-def run(argv, capsys):
-    code = run_click(cli, argv, prog_name="refengine")
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_eval_ppl_matches_a_direct_computation(tmp_path, capsys):

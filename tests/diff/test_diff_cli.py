@@ -10,30 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from refengine.cli.main import cli
-from refengine.cli.options import run_click
 from refengine.diff import theirs
 from refengine.diff.prompts import read_prompts
+from tests.cli_helpers import assert_one_line_error, run
 from tests.diff.diff_helpers import TINY_PROMPTS, prompt_ids, reference_dump
 from tests.hf_models import make_tiny_model
 
 pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(argv, capsys):
-    code = run_click(cli, argv, prog_name="refengine")
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    lines = [l for l in err.splitlines() if l.startswith("refengine: error:")]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
