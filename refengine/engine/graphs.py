@@ -31,6 +31,11 @@ import numpy as np
 from refengine.model.llama import ForwardBatch
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+# Batches above this run eagerly. A graph cannot hold cuBLAS, so its linears are our own kernels; eagerly,
+# each op costs ~50 µs of Python and launch on the host. Measured on llama2-7b shapes (H100, decode tok/s,
+# docs/benchmarks.md): at 16-64 rows graphs win by 1.5-3x (the host cost dominates an eager step), at 256
+# rows eager cuBLAS wins by 2.2x for float16 (our captured GEMM runs at ~100 TFLOP/s, cuBLAS at ~600).
+GRAPH_MAX_BATCH = 64
 
 
 @dataclass
@@ -72,11 +77,12 @@ class DecodeGraphs:
         self.graphs: dict[int, _Captured] = {}
 
     @classmethod
-    def for_model(cls, model, kv, max_blocks_per_seq: int, max_batch: int = 256) -> "DecodeGraphs | None":
+    def for_model(cls, model, kv, max_blocks_per_seq: int, max_batch: int | None = None
+                  ) -> "DecodeGraphs | None":
         """Graphs for a model on the CUDA backend (None on NumPy, or with dynamic-NTK rope)."""
         if model.ops.xp is np or model.cfg.rope_scaling.type == "dynamic":
             return None
-        return cls(model, kv, max_blocks_per_seq, max_batch)
+        return cls(model, kv, max_blocks_per_seq, GRAPH_MAX_BATCH if max_batch is None else max_batch)
 
     def fits(self, batch: ForwardBatch) -> bool:
         """A pure decode step (one new token per sequence, all sampling) that a bucket can hold."""
