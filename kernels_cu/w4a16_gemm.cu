@@ -40,6 +40,10 @@
 //         M=16: 19.9 µs (4096²; cuBLAS fp16 17.6, v2 15.4), 29.2 µs (11008 × 4096; cuBLAS 36.6, v2 31.7);
 //         M=32: 21.1 / 36.5 µs (cuBLAS 15.6 / 37.4); M=64: 28.6 / 49.0 µs (v4 30.1 / 82.4, cuBLAS 16.0 / 36.1);
 //         M=256: 60.4 / 139 µs (142 / 166 TFLOP/s; v4 37.8 / 86.8, cuBLAS 20.0 / 40.9).
+//     v7  the CUDA-core GEMV (w4a16_gemv.cu; M <= 8, the default for M = 1): warps own 2 rows and all of K,
+//         a ring of 16-byte loads in flight per warp, a balanced persistent grid, no barrier. M = 1: 7.45 /
+//         15.7 / 14.9 µs (40 / 51 / 54%) at 4096², 11008 × 4096, 4096 × 11008 against v3's 8.0 / 18.5 / 17.2;
+//         slower than v3 from M = 4 (an FFMA per weight and row). Details and the loads-only ceiling there.
 //
 // Launch:
 //     v1  grid (ceil(N / 128), M), block 128

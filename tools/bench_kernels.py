@@ -148,9 +148,10 @@ def time_eager_gpu(call, launches: int = 20, replays: int = 5) -> float:
     return statistics.median(times) * 1000 / launches
 
 
-def bench_w4a16(c, quick):
-    gemv = [("v2", {}), ("v3", {}), ("v5", {})] + ([("v1", {})] if not quick else [])
-    tune = [] if quick else [("v5 3 stages", dict(variant="v5s3")), ("v5 other mode", None)]
+def bench_w4a16(c, quick, gemm=True):
+    gemv = [("v2", {}), ("v3", {}), ("v5", {}), ("v7", {})] + ([("v1", {})] if not quick else [])
+    tune = [] if quick else [("v5 3 stages", dict(variant="v5s3")), ("v5 other mode", None)] + [
+        (f"v7 R{r} D{d}", dict(config=(r, d))) for mb, r, d in cuda.W4A16_V7_TUNE if mb == 1]
     for N, K in ((4096, 4096), (11008, 4096), (4096, 11008)):
         g = 128
         rng = np.random.default_rng(0)
@@ -170,21 +171,25 @@ def bench_w4a16(c, quick):
             record("w4a16 GEMV", v, f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
         if K == 11008:                                       # the MLP's down projection with silu_and_mul
             gu = cp.asarray(rng.standard_normal((1, 2 * K)).astype(np.float16))
-            for v in ("v5", "unfused", "v3"):
+            for v in ("v5", "unfused", "v3", "v7"):
                 fn = cuda.VERSIONS["silu_and_mul_linear_w4a16"][v]
                 us = time_graph([lambda s=s: fn(gu, *s, g) for s in sets])
                 record("w4a16 silu+GEMV", v, f"M=1 N={N} K={K} g{g}", us, nbytes + 4 * K, ceilings=c)
-        if N == K and not quick:                             # small decode batches (the GEMV kernels up to M = 8)
-            for M in (4, 8):
+        if not quick:                                        # small decode batches (the GEMV kernels up to M = 8)
+            for M in (2, 4, 8):
                 xm = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
-                for v in ("v3", "v5", "v6"):
-                    fn = cuda.VERSIONS["linear_w4a16"][v]
+                v7_tune = [(f"v7 R{r} D{d}", dict(config=(r, d))) for mb, r, d in cuda.W4A16_V7_TUNE
+                           if mb == cuda.w4a16_v7_mb(M)]
+                for v, kw in [("v3", {}), ("v5", {}), ("v6", {}), ("v7", {})] + v7_tune:
+                    if N != K and v in ("v5", "v6"):
+                        continue
+                    fn = functools.partial(cuda.VERSIONS["linear_w4a16"][v.split()[0]], **kw)
                     us = time_graph([lambda s=s: fn(xm, *s, g) for s in sets])
                     record("w4a16 GEMV", v, f"M={M} N={N} K={K} g{g}", us, nbytes + 2 * (M - 1) * (K + N),
                            ceilings=c)
         del sets
     # the GEMM path: decode batches and prefills, against cuBLAS on the float16 weight (device time alone)
-    for N, K in ((4096, 4096), (11008, 4096)):
+    for N, K in ((4096, 4096), (11008, 4096)) if gemm else ():
         g = 128
         rng = np.random.default_rng(1)
         w = quantize_int4((rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32), g)
@@ -481,11 +486,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="default versions only, fewer repetitions")
     ap.add_argument("--json", default=None)
     ap.add_argument("--only", default=None,
-                    help="comma list of: w4a16,linear,attention,prefill,elementwise,model")
+                    help="comma list of: w4a16,w4a16gemv (its M <= 8 part),linear,attention,prefill,elementwise,model")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     c = ceilings()
-    for name, fn in (("w4a16", bench_w4a16), ("linear", bench_linear), ("attention", bench_attention),
+    for name, fn in (("w4a16", bench_w4a16), ("w4a16gemv", functools.partial(bench_w4a16, gemm=False)),
+                     ("linear", bench_linear), ("attention", bench_attention),
                      ("prefill", bench_prefill), ("elementwise", bench_elementwise)):
         if only is None or name in only:
             fn(c, args.quick)

@@ -661,16 +661,83 @@ def _w4a16_v6(x, qweight, scales, zeros, group_size, bias=None):
     return _w4a16_stream(W4A16_STREAM[w4a16_v6_config(M)], x, ldx, qweight, scales, zeros, group_size, bias, M, K)
 
 
+# ---- v7: the CUDA-core GEMV of kernels_cu/w4a16_gemv.cu (M <= 8; no tensor cores, no shared memory)
+
+# rows of x held (MB) -> (rows per warp R, ring depth D); measured on an H100 (g128, M = 1: 4096², 11008 × 4096,
+# 4096 × 11008): R2 D2 7.45 / 15.7 / 14.9 µs, R4 D2 7.9 / 15.0 / 15.6, R2 D4 8.3 / 17.1 / 16.1, R1 D8 10.2 / 23.3 /
+# 21.3; M = 4: R4 D2 11.3 / 27.6 / 24.5, R2 D4 14.8 / 37.9 / 34.2. MB = 2 is not measured yet.
+W4A16_V7 = {1: (2, 2), 2: (2, 4), 4: (4, 2), 8: (2, 2)}
+W4A16_V7_TUNE = ((1, 2, 4), (1, 1, 8), (1, 4, 2), (4, 2, 4))  # further (MB, R, D) compiled, for tools/bench_kernels.py
+W4A16_SILU_V7 = {1: (2, 4), 2: (2, 4), 4: (2, 4), 8: (2, 2)}  # the fused-silu instantiations (not tuned: it loses)
+W4A16_V7_MAX_M = 1              # rows up to which v7 beats v3 (M = 4 and 8 measured slower, M = 2 not measured)
+
+
+def w4a16_v7_mb(M: int) -> int:
+    """The kernel's row capacity MB for M rows of x: 1, 2, 4 or 8 (the smallest that holds them)."""
+    return 1 if M <= 1 else 2 if M <= 2 else 4 if M <= 4 else 8
+
+
+@functools.lru_cache(maxsize=None)
+def _v7_warp_slots(kernel: str, device_id: int) -> int:
+    """Warps of `kernel` (128-thread blocks) resident on the whole GPU at once."""
+    fn = _fn("w4a16_gemv.cu", kernel)
+    try:
+        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, 128, 0)
+    except (AttributeError, cp.cuda.driver.CUDADriverError):
+        per_sm = 4
+    return max(1, per_sm) * 4 * _device_info(device_id)[1]
+
+
+def w4a16_v7_blocks(kernel: str, N: int, R: int) -> int:
+    """Blocks of a v7 launch. Each warp takes ceil(G / slots) of the G = ceil(N / R) row groups (G / slots
+    rounded up: its share when every resident warp works); then as few warps as that share allows, so that all
+    of them run the same number of row groups (±1) and none is left streaming alone at the end."""
+    groups = _cdiv(N, R)
+    share = _cdiv(groups, _v7_warp_slots(kernel, cp.cuda.Device().id))
+    return _cdiv(_cdiv(groups, share), 4)
+
+
+def _v7_ok(x, ldx, qweight, M: int, K: int) -> bool:
+    return (_cc() >= 70 and M <= SMALL_M and K % 32 == 0 and _aligned16(x, qweight, ldx * 2)
+            and qweight.size < 2 ** 31)
+
+
+def _w4a16_v7_launch(prefix, x, ldx, qweight, scales, zeros, group_size, bias, M, K, config=None):
+    """Launch w4a16_gemv.cu's `prefix`_m{MB}_r{R}_d{D}_f16; config = (R, D) overrides the table (tuning)."""
+    N, mb = qweight.shape[0], w4a16_v7_mb(M)
+    R, D = config or (W4A16_SILU_V7 if "silu" in prefix else W4A16_V7)[mb]
+    kernel = f"{prefix}_m{mb}_r{R}_d{D}_f16"
+    y = cp.empty((M, N), F16)
+    if M and N:
+        _launch("w4a16_gemv.cu", kernel, (w4a16_v7_blocks(kernel, N, R),), (128,),
+                (x, _i32(ldx), qweight, scales, zeros, _i32(group_size), NULL if bias is None else bias, y,
+                 _i32(M), _i32(N), _i32(K)))
+    return y
+
+
+@_version("linear_w4a16", "v7")
+def _w4a16_v7(x, qweight, scales, zeros, group_size, bias=None, config=None):
+    M, K = x.shape
+    ldx = _row_stride(x, "linear_w4a16", "x")
+    if not _v7_ok(x, ldx, qweight, M, K):
+        raise Unsupported
+    return _w4a16_v7_launch("w4a16_v7", x, ldx, qweight, scales, zeros, group_size, bias, M, K, config)
+
+
 def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     """The order linear_w4a16 tries its versions in for M rows and N outputs — the rule measured on an H100
     (docs/benchmarks.md, 4096 × 4096 and 11008 × 4096, g128):
+        M <= W4A16_V7_MAX_M             v7   (7.45 / 15.7 vs v3 8.0 / 18.5 µs at M = 1; from M = 4 its FFMAs lose)
         M <= 8                          v3   (v5 streams, but its per-slab work costs more than it saves)
         M <= 32, ceil(N / 16) <= 2·SMs  v2   (its grid is one wave: 15.4 vs v6 19.9 µs at M = 16, N = 4096)
         M <= W4A16_TC_MAX_M             v6   (29.2 vs v2 31.7 µs at M = 16, N = 11008; 28.6 vs v4 30.1 at M = 64)
         more rows                       v4   (dequantize once + cuBLAS; refuses while a graph is captured: v6)
-    Each list ends with versions that take whatever the first refuses (K % 32, alignment, sm < 80)."""
+    Each list ends with versions that take whatever the first refuses (K % 32, alignment, sm < 80; v7 runs
+    from sm 7.0)."""
+    if M <= W4A16_V7_MAX_M:
+        return ("v7", "v3", "v2", "v1")
     if M <= SMALL_M:
-        return ("v3", "v2", "v1")
+        return ("v3", "v7", "v2", "v1")
     if M <= 32 and _cdiv(N, 16) <= 2 * _sms():
         return ("v2", "v6", "v1")
     if M <= W4A16_TC_MAX_M:
@@ -678,7 +745,7 @@ def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     return ("v4", "v6", "v2", "v1")
 
 
-DEFAULTS["linear_w4a16"] = ("v3", "v6", "v4", "v2", "v5", "v1")   # w4a16_order picks the order per call
+DEFAULTS["linear_w4a16"] = ("v7", "v3", "v6", "v4", "v2", "v5", "v1")   # w4a16_order picks the order per call
 
 
 # ---------------------------------------------------------------- the MLP's down projection with silu fused in
@@ -747,6 +814,14 @@ def _silu_w4a16_v5(gate_up, qweight, scales, zeros, group_size, bias=None):
     return _w4a16_stream(W4A16_STREAM["silu_v5"], gate_up, 2 * K, qweight, scales, zeros, group_size, bias, M, K)
 
 
+@_version("silu_and_mul_linear_w4a16", "v7")
+def _silu_w4a16_v7(gate_up, qweight, scales, zeros, group_size, bias=None, config=None):
+    M, K = gate_up.shape[0], gate_up.shape[1] // 2
+    if not _v7_ok(gate_up, 2 * K, qweight, M, K):
+        raise Unsupported
+    return _w4a16_v7_launch("w4a16_silu_v7", gate_up, 2 * K, qweight, scales, zeros, group_size, bias, M, K, config)
+
+
 @_version("silu_and_mul_linear_w4a16", "unfused")
 def _silu_w4a16_unfused(gate_up, qweight, scales, zeros, group_size, bias=None):
     return linear_w4a16(silu_and_mul(gate_up), qweight, scales, zeros, group_size, bias)
@@ -755,7 +830,9 @@ def _silu_w4a16_unfused(gate_up, qweight, scales, zeros, group_size, bias=None):
 # measured (docs/benchmarks.md): the fused kernel loses — its activation work sits on the critical path of
 # every chunk for the few lanes that own the rows, which costs more than the separate launch it saves
 DEFAULTS["silu_and_mul_linear"] = ("unfused", "v3")
-DEFAULTS["silu_and_mul_linear_w4a16"] = ("unfused", "v5", "v3")   # unfused 24.9, v5 26.4, v3 77.6 µs (11008)
+# unfused 24.9, v5 26.4, v3 77.6 µs (4096 × 11008); a later run: unfused 19.2 (silu_and_mul + v3, before v7 took
+# M = 1), v7 64.8 (silu on load, shared by only 2 rows a warp)
+DEFAULTS["silu_and_mul_linear_w4a16"] = ("unfused", "v5", "v3")
 
 
 # ---------------------------------------------------------------- rotary embedding

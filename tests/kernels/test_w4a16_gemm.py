@@ -1,7 +1,8 @@
-"""kernels_cu/w4a16_gemm.cu: linear_w4a16 every version vs reference.linear_w4a16, group sizes 32/64/128,
-GEMV (1..8 rows) and GEMM (many rows) paths, output counts that are not multiples of the 16-row tile; the
-streaming kernels (v5, v6) also with forced block counts in both partition modes, so that tiles shared by
-several blocks (the counter + slot reduction) and ranges that start and end mid-tile are exercised."""
+"""kernels_cu/w4a16_gemm.cu and w4a16_gemv.cu (v7): linear_w4a16 every version vs reference.linear_w4a16,
+group sizes 32/64/128, GEMV (1..8 rows) and GEMM (many rows) paths, output counts that are not multiples of the
+16-row tile; the streaming kernels (v5, v6) also with forced block counts in both partition modes, so that tiles
+shared by several blocks (the counter + slot reduction) and ranges that start and end mid-tile are exercised;
+v7 with every row count, strided x, a small forced grid (many row groups per warp) and every compiled (R, D)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def make(rng, M, K, N, g, bias):
 @pytest.mark.parametrize("g", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(1, 4096, 1000), (3, 576, 960), (8, 1536, 577), (13, 512, 96), (70, 256, 130),
                                    (1, 96, 17)])
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6", "v7"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_w4a16(version, M, K, N, g, bias):
     if K % g:
@@ -36,8 +37,9 @@ def test_w4a16(version, M, K, N, g, bias):
     x, w, b, (xd, qd, sd, zd), bd = make(rng, M, K, N, g, bias)
     got = run_version("linear_w4a16", version, xd, qd, sd, zd, g, bd)
     if got is None:
-        assert (version == "v4" and M < cuda.W4A16_CUBLAS_M) or (version in ("v2", "v3", "v5", "v6") and K % 32) or (
-            version in ("v3", "v5") and M > cuda.SMALL_M)
+        assert (version == "v4" and M < cuda.W4A16_CUBLAS_M) or (
+            version in ("v2", "v3", "v5", "v6", "v7") and K % 32) or (
+            version in ("v3", "v5", "v7") and M > cuda.SMALL_M)
         return
     want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
     assert_close(got, want, "linear_w4a16", "float16", f"{version} g{g} seed {seed}")
@@ -73,6 +75,55 @@ def test_w4a16_stream_strided_rows():
         assert_close(got, want, "linear_w4a16", "float16", f"{version} seed {seed}")
 
 
+def run_v7(x, qd, sd, zd, g, bd, config=None):
+    return cuda.VERSIONS["linear_w4a16"]["v7"](x, qd, sd, zd, g, bd, config=config)
+
+
+@pytest.mark.parametrize("g", [32, 64, 128])
+@pytest.mark.parametrize("M", range(1, 9))
+@pytest.mark.parametrize("slots", [None, 8])
+def test_w4a16_v7(M, g, slots, monkeypatch):
+    """v7 on every row count it takes, x rows further apart than K (a view of a wider buffer), a bias, an odd N
+    (a last row group that is cut short) and K = 1536 (the last step of a row has half its lanes idle).
+    slots=8: as if only 8 warps fitted on the GPU, so that each warp streams many row groups through its ring."""
+    if slots:
+        monkeypatch.setattr(cuda, "_v7_warp_slots", lambda kernel, device: slots)
+    rng, seed = fresh_rng()
+    K, N = 1536, 333
+    x, w, b, (_, qd, sd, zd), bd = make(rng, M, K, N, g, True)
+    wide = cp.zeros((M, K + 72), cp.float16)
+    wide[:, 8:K + 8] = cp.asarray(x)
+    got = run_v7(wide[:, 8:K + 8], qd, sd, zd, g, bd)
+    want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
+    assert_close(got, want, "linear_w4a16", "float16", f"v7 M={M} g{g} slots={slots} seed {seed}")
+
+
+@pytest.mark.parametrize("M,K,N,g", [(1, 4096, 1001, 128), (1, 352, 64, 32), (3, 1024, 517, 64), (4, 2080, 130, 32)])
+def test_w4a16_v7_configs_agree(M, K, N, g):
+    """Every product is exact and each output is one warp's sum in a fixed order, so all (R, D) configurations
+    and grid sizes give the same bits — and the same as the default."""
+    rng, seed = fresh_rng()
+    x, w, b, (xd, qd, sd, zd), bd = make(rng, M, K, N, g, True)
+    want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
+    default = run_v7(xd, qd, sd, zd, g, bd)
+    assert_close(default, want, "linear_w4a16", "float16", f"v7 default seed {seed}")
+    for mb, R, D in cuda.W4A16_V7_TUNE:
+        if mb == cuda.w4a16_v7_mb(M):
+            got = run_v7(xd, qd, sd, zd, g, bd, config=(R, D))
+            np.testing.assert_array_equal(got.get(), default.get(), err_msg=f"R={R} D={D} seed {seed}")
+
+
+def test_w4a16_v7_refuses():
+    """More than 8 rows, or rows that are not 16-byte aligned: Unsupported (the registry moves on)."""
+    rng, _ = fresh_rng()
+    _, _, _, (xd, qd, sd, zd), _ = make(rng, 9, 256, 40, 32, False)
+    assert run_version("linear_w4a16", "v7", xd, qd, sd, zd, 32, None) is None
+    odd = cp.zeros((2, 256 + 1), cp.float16)[:, 1:]
+    odd[...] = xd[:2]
+    assert run_version("linear_w4a16", "v7", odd, qd, sd, zd, 32, None) is None
+    assert run_version("linear_w4a16", "v3", odd, qd, sd, zd, 32, None) is None          # what falls to v2 / v1
+
+
 @pytest.mark.parametrize("g", [32, 128])
 def test_dequantize_matches_primitives(g):
     from refengine.quant.primitives import dequantize_int4
@@ -84,7 +135,7 @@ def test_dequantize_matches_primitives(g):
 
 @pytest.mark.parametrize("g", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(1, 1536, 576), (4, 512, 130), (8, 256, 1000), (12, 128, 64)])
-@pytest.mark.parametrize("version", ["v3", "v5", "unfused"])
+@pytest.mark.parametrize("version", ["v3", "v5", "v7", "unfused"])
 def test_silu_and_mul_linear_w4a16(version, M, K, N, g):
     if K % g:
         pytest.skip(f"group {g} does not divide K={K}")
@@ -94,7 +145,7 @@ def test_silu_and_mul_linear_w4a16(version, M, K, N, g):
     args = [cp.asarray(a) for a in (gu, w.qweight, w.scales, w.zeros)]
     got = run_version("silu_and_mul_linear_w4a16", version, *args, g, None)
     if got is None:
-        assert version in ("v3", "v5") and M > cuda.SMALL_M
+        assert version in ("v3", "v5", "v7") and M > cuda.SMALL_M
         return
     want = ref.silu_and_mul_linear_w4a16(gu, w.qweight, w.scales, w.zeros, g)
     assert_close(got, want, "linear_w4a16", "float16", f"{version} g{g} seed {seed}")
