@@ -38,8 +38,8 @@
 // that they never evict it. For MB rows of x (the kernel handles M <= MB; MB in {1, 2, 4, 8}) each loaded
 // weight stays in registers while it is multiplied by all M rows: the weights are read once.
 //
-// Versions (this file is linear_w4a16 v7; v1..v6 are in w4a16_gemm.cu). Measured on an H100 (g128, CUDA-graph
-// replays, bytes = N·K/2 + scales/zeros + x + y against the 3.0 TB/s copy rate; tools/bench_kernels.py):
+// Versions: this file holds linear_w4a16 v7 (v1 … v6, the rest of the ladder, are in w4a16_gemm.cu).
+// Measured on an H100 (g128, CUDA-graph replays, bytes = N·K/2 + scales/zeros + x + y against the 3.0 TB/s copy rate; tools/bench_kernels.py):
 //     v7  M = 1, R = 2, D = 2: 4096²: 7.45 µs (40% of copy BW; v3 8.0), 11008 × 4096: 15.7 µs (51%; R = 4:
 //         15.0, 53%; v3 18.5), 4096 × 11008: 14.9 µs (54%; v3 17.2) — the default for M = 1, short of the 70%
 //         aimed at. The same kernel with the math replaced by an XOR of the loaded words streams at 57 / 82 / 80%
