@@ -6,8 +6,9 @@ Both paths run in this one process on one Engine (same backend, same KV cache):
 
   throughput   C clients at once, each streaming one greedy chat completion of exactly --max-tokens tokens
                (ignore_eos): tokens/s of the engine driven directly (C concurrent stream_infer calls) vs
-               the same C requests as SSE streams from /v1/chat/completions (aiohttp clients in this
-               process, the server on its own event loop thread, as `refengine-serve api_server` runs it);
+               the same C requests as SSE streams from /v1/chat/completions (aiohttp clients in a second
+               process, as real clients are: in this one they would take the GIL from the server and the
+               engine; the server on its own event loop thread, as `refengine-serve api_server` runs it);
                --rounds alternating rounds, the best of each path reported
   first token  one request alone, --repeats times (median): the engine's time to its first output
                (queue + prefill + first sample) vs HTTP time to the first byte of the stream body
@@ -20,9 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import aiohttp
 from aiohttp import web
@@ -103,6 +106,15 @@ async def http_first_bytes(url: str, messages, max_tokens: int, repeats: int) ->
         return [(await http_request(session, url, messages, max_tokens))[1] for _ in range(repeats)]
 
 
+def client_batch(url: str, batch, max_tokens: int) -> tuple[int, float]:
+    """http_batch, run in the client process."""
+    return asyncio.run(http_batch(url, batch, max_tokens))
+
+
+def client_first_bytes(url: str, messages, max_tokens: int, repeats: int) -> list[float]:
+    return asyncio.run(http_first_bytes(url, messages, max_tokens, repeats))
+
+
 # ---------------------------------------------------------------- the run
 
 def measure(pipe: Pipeline, args) -> dict:
@@ -110,17 +122,19 @@ def measure(pipe: Pipeline, args) -> dict:
     cfg = GenerationConfig(max_new_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     batch, single = prompts(args.concurrency), prompts(1)[0]
     server = BackgroundServer(create_app(engine, model_name=args.model, max_concurrent_requests=args.concurrency + 8))
+    clients = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
         asyncio.run(engine_batch(engine, batch[:2], cfg.updated(max_new_tokens=2)))          # warm up both paths
-        asyncio.run(http_batch(server.url, batch[:2], 2))
+        clients.submit(client_batch, server.url, batch[:2], 2).result()
         rounds = []                    # engine and HTTP alternate, so that a busy machine hurts both alike
         for _ in range(args.rounds):
             rounds.append((asyncio.run(engine_batch(engine, batch, cfg)),
-                           asyncio.run(http_batch(server.url, batch, args.max_tokens))))
+                           clients.submit(client_batch, server.url, batch, args.max_tokens).result()))
         e_first = [asyncio.run(engine_request(engine, single, cfg.updated(max_new_tokens=1)))[1]
                    for _ in range(args.repeats)]
-        h_first = asyncio.run(http_first_bytes(server.url, single, 1, args.repeats))
+        h_first = clients.submit(client_first_bytes, server.url, single, 1, args.repeats).result()
     finally:
+        clients.shutdown()
         server.stop()
     (e_tokens, e_time), (h_tokens, h_time) = rounds[-1]
     return {"model": args.model, "backend": args.backend, "concurrency": args.concurrency,

@@ -32,6 +32,7 @@ from refengine.config import EngineConfig
 from refengine.engine.chat_turns import next_turn_ids
 from refengine.engine.core import EngineCore
 from refengine.engine.errors import UnknownSessionError
+from refengine.engine.loop_inbox import Inboxes
 from refengine.engine.request import EngineOutput
 from refengine.errors import GenerationConfigError
 from refengine.sampling_params import GenerationConfig
@@ -72,6 +73,7 @@ class Engine:
         self._channels: dict[Hashable, _Channel] = {}          # engine thread only
         self._conversations: dict[Hashable, list[dict]] = {}   # chat sessions: messages so far
         self._session_ids = itertools.count(1)
+        self._inboxes = Inboxes()                              # outputs to callers' event loops
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -118,9 +120,11 @@ class Engine:
             self._after(turn, sequence_end, state)
 
     def _async_put(self, loop, outputs: asyncio.Queue, session_id) -> Callable[[object], None]:
+        inbox = self._inboxes.for_loop(loop)
+
         def put(item):
             try:
-                loop.call_soon_threadsafe(outputs.put_nowait, item)
+                inbox.put(outputs, item)
             except RuntimeError:            # the caller's event loop is gone: nobody will read
                 self._commands.put(lambda: self._deliver(self.core.cancel(session_id)))
         return put
