@@ -23,6 +23,7 @@ import asyncio
 import json
 import multiprocessing
 import statistics
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from refengine.config import EngineConfig
+from refengine.errors import RefengineError
 from refengine.pipeline import Pipeline
 from refengine.sampling_params import GenerationConfig
 from refengine.server.app import RUNNER_OPTIONS, create_app
@@ -162,15 +164,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (the best is reported)")
     p.add_argument("--repeats", type=int, default=5, help="single requests for the first-token medians")
     p.add_argument("--cache-max-entry-count", type=float, default=0.5)
+    p.add_argument("--chat-template", default=None, help="for a model without one (e.g. random-weight workspaces)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args()
-    pipe = Pipeline.from_model(args.model, backend=args.backend,
-                               engine_config=EngineConfig(cache_max_entry_count=args.cache_max_entry_count,
-                                                          max_batch_size=max(128, args.concurrency)))
     try:
-        result = measure(pipe, args)
-    finally:
-        pipe.close()
+        pipe = Pipeline.from_model(args.model, backend=args.backend, chat_template=args.chat_template,
+                                   engine_config=EngineConfig(cache_max_entry_count=args.cache_max_entry_count,
+                                                              max_batch_size=max(128, args.concurrency)))
+        try:
+            pipe.tokenizer.encode_chat(prompts(1)[0])          # a model without a chat template: say so now
+            result = measure(pipe, args)
+        finally:
+            pipe.close()
+    except RefengineError as e:
+        sys.exit(f"bench_server: error: {e}")
     print(json.dumps(result, indent=1) if args.json else table(result))
 
 
