@@ -97,10 +97,12 @@ class Engine:
 
     async def stream_infer(self, session_id: Hashable, messages=None, gen_config: GenerationConfig | None = None,
                            sequence_start: bool = True, sequence_end: bool = True, *, input_ids=None,
-                           n: int = 1, do_preprocess: bool = True) -> AsyncIterator[EngineOutput]:
-        """Yield outputs as they are generated (with n > 1, each output's `index` says whose). A caller that
-        falls behind gets the tokens that piled up for a completion merged into one output, so a busy
-        event loop (many streams, one per HTTP client) does per-output work once per wake-up, not per token."""
+                           n: int = 1, do_preprocess: bool = True,
+                           merge_backlog: bool = False) -> AsyncIterator[EngineOutput]:
+        """Yield outputs as they are generated, one per token (with n > 1, each output's `index` says whose).
+        With merge_backlog, a caller that falls behind gets the tokens that piled up for a completion merged
+        into one output, so a busy event loop (many streams, one per HTTP client) does its per-output work
+        once per wake-up, not per token."""
         turn = self._prepare(session_id, messages, input_ids, sequence_start, do_preprocess)
         loop, outputs = asyncio.get_running_loop(), asyncio.Queue()
         self._submit(turn, gen_config, sequence_end, n, self._async_put(loop, outputs, session_id))
@@ -109,7 +111,7 @@ class Engine:
             while state.remaining:
                 item, held = (held, None) if held is not None else (await outputs.get(), None)
                 output = state.take(item)
-                while output.finish_reason is None and not outputs.empty():    # a backlog: merge it
+                while merge_backlog and output.finish_reason is None and not outputs.empty():   # a backlog
                     item = outputs.get_nowait()
                     if isinstance(item, BaseException) or item.index != output.index:
                         held = item                          # not mergeable: the next output

@@ -36,7 +36,7 @@ class EngineCall:
     def start(self, engine, gen_config: GenerationConfig, n: int) -> AsyncIterator[EngineOutput]:
         return engine.stream_infer(self.session_id, self.messages, gen_config, self.sequence_start,
                                    self.sequence_end, input_ids=self.input_ids, n=n,
-                                   do_preprocess=self.do_preprocess)
+                                   do_preprocess=self.do_preprocess, merge_backlog=True)
 
 
 async def generate(ctx, calls: list[EngineCall], gen_config: GenerationConfig,

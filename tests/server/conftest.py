@@ -17,8 +17,8 @@ from aiohttp import web
 from refengine.config import EngineConfig
 from refengine.engine.engine import Engine
 from refengine.server.app import RUNNER_OPTIONS, create_app
+from http_helpers import MODEL_NAME
 
-MODEL_NAME = "smollm2-test"
 
 
 class LiveServer:

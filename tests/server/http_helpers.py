@@ -8,6 +8,8 @@ import time
 
 import aiohttp
 
+MODEL_NAME = "smollm2-test"        # what the live test server calls the default model
+
 
 def run(coro):
     return asyncio.run(coro)

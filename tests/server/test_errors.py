@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import MODEL_NAME
-from http_helpers import call
+from http_helpers import MODEL_NAME, call
 
 CHAT = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0}
 COMPLETION = {"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 2, "temperature": 0}

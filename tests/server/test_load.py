@@ -7,8 +7,7 @@ import asyncio
 
 import aiohttp
 
-from conftest import MODEL_NAME
-from http_helpers import call, fetch_metrics, metrics, run, sse_events, wait_idle
+from http_helpers import MODEL_NAME, call, fetch_metrics, metrics, run, sse_events, wait_idle
 from refengine.server.context import CTX
 
 PROMPT = {"model": MODEL_NAME, "prompt": "The capital of France is", "temperature": 0}

@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from conftest import MODEL_NAME
-from http_helpers import wait_idle
+from http_helpers import MODEL_NAME, wait_idle
 
 openai = pytest.importorskip("openai")
 
