@@ -31,7 +31,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from refengine.model.weights import LayerWeights
-from refengine.quant.primitives import QMAX, array_module, float16_at_least
+from refengine.quant.primitives import QMAX, array_module, group_scales
 
 GRID = 20
 MAX_SHRINK = 0.5
@@ -86,21 +86,15 @@ def fake_quantize_lean(w, group_size: int, max_shrink=None):
     computed in place without the round trip through uint8 codes: half the memory passes. The searches
     below fake-quantize a whole linear 20-odd times per block, so this is where their time goes."""
     xp = array_module(w)
-    out_f, in_f = w.shape
-    g = w.reshape(out_f, in_f // group_size, group_size).astype(xp.float32)
-    wmax, wmin = g.max(axis=-1), g.min(axis=-1)
-    if max_shrink is not None:
-        wmax, wmin = wmax * max_shrink, wmin * max_shrink
-    wmax, wmin = xp.maximum(wmax, 0), xp.minimum(wmin, 0)
-    scales = float16_at_least(xp.maximum((wmax - wmin) / QMAX, 1e-6))[..., None]
-    zeros = xp.clip(xp.rint(-wmin[..., None] / scales), 0, QMAX)
+    g, scales, zeros = group_scales(w, group_size, max_shrink)
+    scales, zeros = scales[..., None], zeros[..., None]
     g /= scales
     xp.rint(g, out=g)
     g += zeros
     xp.clip(g, 0, QMAX, out=g)                 # the integer code q, still in float32
     g -= zeros
     g *= scales                                # (q − zero) · scale
-    return g.reshape(out_f, in_f)
+    return g.reshape(w.shape)
 
 
 def fake_quantize_scaled(w, s, group_size: int):

@@ -76,6 +76,14 @@ def quantize_groups(w, group_size: int, max_shrink=None):
     `max_shrink` (optional, [out, in/g]) scales each group's max and min toward zero before quantizing
     — the clipping that AWQ's search picks."""
     xp = array_module(w)
+    g, scales, zeros = group_scales(w, group_size, max_shrink)
+    q = xp.clip(xp.rint(g / scales[..., None]) + zeros[..., None], 0, QMAX)
+    return q.reshape(w.shape).astype(xp.uint8), scales, zeros
+
+
+def group_scales(w, group_size: int, max_shrink=None):
+    """(W as float32 groups [out, in/g, g] — a new array —, scales, zeros [out, in/g] float32) for W [out, in]."""
+    xp = array_module(w)
     out_f, in_f = w.shape
     g = w.reshape(out_f, in_f // group_size, group_size).astype(xp.float32)
     wmax, wmin = g.max(axis=-1), g.min(axis=-1)
@@ -84,8 +92,7 @@ def quantize_groups(w, group_size: int, max_shrink=None):
     wmax, wmin = xp.maximum(wmax, 0), xp.minimum(wmin, 0)       # the range always holds 0 exactly
     scales = float16_at_least(xp.maximum((wmax - wmin) / QMAX, 1e-6))
     zeros = xp.clip(xp.rint(-wmin / scales), 0, QMAX)
-    q = xp.clip(xp.rint(g / scales[..., None]) + zeros[..., None], 0, QMAX)
-    return q.reshape(out_f, in_f).astype(xp.uint8), scales, zeros
+    return g, scales, zeros
 
 
 def dequantize_codes(q, scales, zeros, group_size: int):
