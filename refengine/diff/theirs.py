@@ -1,4 +1,4 @@
-"""The transformers side of `--against transformers`: scripts/dump_transformers.py run in a child process.
+"""The transformers side of `--against transformers`: tools/dump_transformers.py run in a child process.
 
 refengine never imports torch or transformers (tests/test_no_torch_at_run_time.py), so the reference runs
 in its own interpreter and hands back a DUMP.npz: the comparison then reads it exactly like a dump a user
@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from refengine.diff.errors import ReferenceUnavailableError
+from refengine.share import share_dir
 
-SCRIPT = Path(__file__).parent / "scripts" / "dump_transformers.py"
+SCRIPT = share_dir("tools") / "dump_transformers.py"
 REQUIRED = ("torch", "transformers")
 INSTALL_HINT = "pip install 'refengine[test]'  (or: pip install torch transformers accelerate)"
 CANNOT_LOAD = 3          # the script's exit code for "transformers cannot load this model"

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import os
 import re
-import sys
 from pathlib import Path
+
+from refengine.share import share_dir
 
 
 def find_kernel_dir() -> Path:
@@ -21,9 +22,7 @@ def find_kernel_dir() -> Path:
     editable install), else <prefix>/share/refengine/kernels_cu (where a wheel installs them)."""
     if "REFENGINE_KERNEL_DIR" in os.environ:
         return Path(os.environ["REFENGINE_KERNEL_DIR"])
-    checkout = Path(__file__).resolve().parents[2] / "kernels_cu"
-    installed = Path(sys.prefix) / "share" / "refengine" / "kernels_cu"
-    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+    return share_dir("kernels_cu")
 
 
 KERNEL_DIR = find_kernel_dir()

@@ -20,7 +20,7 @@ NEW_TOKENS = 6
 
 
 def dump_script():
-    """scripts/dump_transformers.py as a module (it is package data, not a refengine module)."""
+    """tools/dump_transformers.py as a module (a script run in a child process, not a refengine module)."""
     spec = importlib.util.spec_from_file_location("dump_transformers", DUMP_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
