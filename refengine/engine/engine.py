@@ -109,7 +109,10 @@ class Engine:
         state, held = _Reading(n), None
         try:
             while state.remaining:
-                item, held = (held, None) if held is not None else (await outputs.get(), None)
+                if held is None:
+                    item = await outputs.get()
+                else:
+                    item, held = held, None
                 output = state.take(item)
                 while merge_backlog and output.finish_reason is None and not outputs.empty():   # a backlog
                     item = outputs.get_nowait()

@@ -164,7 +164,7 @@ def test_awq_runs_with_the_gpu_backends_dtype_rules(tmp_path, quantized_inputs):
     the whole AWQ walk under those rules (StrictFloat16Ops) gives finite int4 blocks on host arrays."""
     from refengine.quant.awq import AwqOptions
     from refengine.quant.primitives import Int4Weight
-    from refengine.quant.quantize import awq_layers
+    from refengine.quant.quantize import awq_layers, dequantized_layer, float32_layer
     from refengine.workspace.source import open_source
     from tests.quant.strict_fp16_ops import StrictFloat16Ops
     path, _ = make_tiny_model("llama-bias", tmp_path, num_key_value_heads=4)
@@ -173,6 +173,30 @@ def test_awq_runs_with_the_gpu_backends_dtype_rules(tmp_path, quantized_inputs):
     opts = AwqOptions(group_size=G, quantized_inputs=quantized_inputs)
     blocks = list(awq_layers(source, ids, opts, StrictFloat16Ops(), batch_size=2))
     assert [i for i, _, _ in blocks] == list(range(source.config.num_layers))
-    for _, layer, _ in blocks:
+    runner = BlockRunner(source.config, ops.reference, 16)
+    x = np.random.default_rng(1).standard_normal((32, source.config.hidden_size)).astype(np.float32)
+    for i, layer, _ in blocks:
         assert isinstance(layer.o, Int4Weight) and isinstance(layer.o.qweight, np.ndarray)
         assert np.isfinite(layer.o.scales).all() and layer.attn_norm.dtype == np.float32
+        # the int4 block computes what the float block does, up to 4-bit error (~17% here; zeros give 100%)
+        float_out = runner.forward(runner.model(float32_layer(source.layer(i))), x)
+        int4_out = runner.forward(runner.model(float32_layer(dequantized_layer(layer))), x)
+        rms = lambda a: float(np.sqrt(np.mean(a * a)))
+        assert rms(int4_out - float_out) < 0.35 * rms(float_out - x)
+
+
+def test_calibration_inputs_float_or_quantized_differ_from_the_second_block_on(tmp_path):
+    """Block 0 sees the embeddings either way; block 1 sees the float block 0's output or the int4 one's."""
+    from refengine.quant.awq import AwqOptions
+    from refengine.quant.quantize import awq_layers
+    from refengine.workspace.source import open_source
+    path, _ = make_tiny_model("llama-bias", tmp_path, num_key_value_heads=4)
+    source = open_source(str(path))
+    ids = np.random.default_rng(7).integers(0, source.config.vocab_size, size=(3, 16))
+    runs = [list(awq_layers(source, ids, AwqOptions(group_size=G, quantized_inputs=q), ops.reference, 2))
+            for q in (False, True)]
+    (_, float0, _), (_, quant0, _) = runs[0][0], runs[1][0]
+    (_, float1, _), (_, quant1, _) = runs[0][1], runs[1][1]
+    assert np.array_equal(float0.qkv.qweight, quant0.qkv.qweight) and np.array_equal(float0.o.scales, quant0.o.scales)
+    assert not (np.array_equal(float1.mlp_norm, quant1.mlp_norm)
+                and np.array_equal(float1.down.scales, quant1.down.scales))
