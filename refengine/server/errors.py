@@ -2,7 +2,7 @@
 
 Every 4xx/5xx answer carries the same body, whichever route or layer produced it:
 
-    {"error": {"message": "temperature: must be in [0, 2], got 3", "type": "invalid_request_error",
+    {"error": {"message": "temperature: must be in [0, 2], got 3.0", "type": "invalid_request_error",
                "param": "temperature", "code": null}}
 
 A client's mistake is never a 500: request fields are checked in protocol.py, and the engine's typed
@@ -12,7 +12,6 @@ errors (refengine.errors / refengine.engine.errors) are mapped to 400 here. Only
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
@@ -39,7 +38,7 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=self.headers, dumps=json.dumps)
+        return web.json_response(self.body(), status=self.status, headers=self.headers)
 
 
 def bad_field(param: str, message: str) -> ApiError:

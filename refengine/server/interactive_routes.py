@@ -25,14 +25,11 @@ from contextlib import aclosing
 from aiohttp import web
 
 from refengine.server.context import CTX, ServerContext
-from refengine.server.protocol import parse_encode, parse_interactive, read_json
+from refengine.server.protocol import INTERACTIVE_NAMES, parse_encode, parse_interactive, read_json
 from refengine.server.sse import NDJSON_HEADERS, open_stream, send_failure, send_line
 from refengine.server.streams import EngineCall, first_output, generate
 
 logger = logging.getLogger("refengine.server")
-
-ENGINE_FIELDS = {"max_new_tokens": "request_output_len"}
-
 
 def reply(session_id: int, text: str = "", out=None) -> dict:
     usage = out.usage if out is not None else None
@@ -53,7 +50,7 @@ async def chat_interactive(request: web.Request) -> web.StreamResponse:
                       sequence_end=not req.interactive_mode)
     async with ctx.admission.slot([sid]):
         async with aclosing(generate(ctx, [call], req.gen_config)) as outputs:
-            _, first = await first_output(outputs, ENGINE_FIELDS)
+            _, first = await first_output(outputs, INTERACTIVE_NAMES)
             if req.stream:
                 return await _stream(request, sid, first, outputs)
             text, last = first.text, first

@@ -21,9 +21,6 @@ from refengine.server.streams import EngineCall, first_output, generate
 
 logger = logging.getLogger("refengine.server")
 
-CHAT_FIELDS = {"prompt": "messages", "max_new_tokens": "max_tokens"}     # engine field -> request field
-COMPLETION_FIELDS = {"max_new_tokens": "max_tokens"}
-
 
 def model_card(ctx: ServerContext) -> dict:
     return {"id": ctx.model_name, "object": "model", "created": ctx.created, "owned_by": "refengine",
@@ -61,7 +58,7 @@ async def _generate(request: web.Request, ctx: ServerContext, req: GenerationReq
     shape = Shape(req.chat, ctx.model_name, ctx.token_text)
     async with ctx.admission.slot(c.session_id for c in calls):
         async with aclosing(generate(ctx, calls, req.gen_config, req.n)) as outputs:
-            first = await first_output(outputs, CHAT_FIELDS if req.chat else COMPLETION_FIELDS)
+            first = await first_output(outputs, req.field_names)
             tally = Tally(len(calls), req.n)
             if req.stream:
                 return await _stream(request, shape, req, tally, first, outputs)

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 from refengine.errors import GenerationConfigError
 from refengine.sampling_params import GenerationConfig
-from refengine.server.errors import ApiError, bad_field
+from refengine.server.errors import ApiError, bad_field, from_engine_error
 
 MAX_COMPLETIONS = 128        # prompts × n in one request: a bound on what one request may ask of the engine
 MAX_LOGPROBS = 20            # GenerationConfig's own bound
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# GenerationConfig's field names → the request's, for the errors GenerationConfig itself raises
-OPENAI_NAMES = {"max_new_tokens": "max_tokens", "logprobs": "logprobs"}
+# GenerationConfig's (and the engine's) field names → the request's, for the errors they raise
+COMPLETION_NAMES = {"max_new_tokens": "max_tokens"}
+CHAT_NAMES = {**COMPLETION_NAMES, "prompt": "messages"}
 INTERACTIVE_NAMES = {"max_new_tokens": "request_output_len"}
 
 
@@ -72,12 +73,11 @@ class Body:
                                   f"{hi if hi is not None else 'inf'}], got {value}")
         return value
 
-    def number(self, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+    def number(self, name: str, default: float) -> float:
+        """A finite number; its range is GenerationConfig's to check (make_config names the field)."""
         value = self.raw(name, default)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise bad_field(name, f"must be a finite number, got {value!r}")
-        if not (lo < value if lo_open else lo <= value) or not value <= hi:
-            raise bad_field(name, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value!r}")
         return float(value)
 
     def string(self, name: str, default: str | None = None) -> str | None:
@@ -126,6 +126,11 @@ class GenerationRequest:
     logprobs: bool = False
     session_id: int | None = None
     user: str | None = None
+
+    @property
+    def field_names(self) -> dict[str, str]:
+        """Engine field names → this request's, for the errors the engine raises."""
+        return CHAT_NAMES if self.chat else COMPLETION_NAMES
 
 
 def parse_chat(body: dict, session_len: int) -> GenerationRequest:
@@ -189,29 +194,30 @@ def _include_usage(b: Body, stream: bool) -> bool:
 
 def _gen_config(b: Body, max_tokens: int, logprobs: int | None) -> GenerationConfig:
     """OpenAI's sampling fields (its defaults: temperature 1, top_p 1) plus LMDeploy's extras."""
-    return make_config(OPENAI_NAMES, max_new_tokens=max_tokens, logprobs=logprobs, **_sampling(b, 1.0, 1.0, 0),
-                       presence_penalty=b.number("presence_penalty", 0.0, -2.0, 2.0),
-                       frequency_penalty=b.number("frequency_penalty", 0.0, -2.0, 2.0))
+    return make_config(COMPLETION_NAMES, max_new_tokens=max_tokens, logprobs=logprobs, **_sampling(b, 1.0, 1.0, 0),
+                       presence_penalty=b.number("presence_penalty", 0.0),
+                       frequency_penalty=b.number("frequency_penalty", 0.0))
 
 
 def _sampling(b: Body, temperature: float, top_p: float, top_k: int) -> dict:
-    return dict(temperature=b.number("temperature", temperature, 0.0, 2.0),
-                top_p=b.number("top_p", top_p, 0.0, 1.0, lo_open=True),
-                top_k=b.integer("top_k", top_k, 0),
-                min_p=b.number("min_p", 0.0, 0.0, 1.0),
-                repetition_penalty=b.number("repetition_penalty", 1.0, 0.0, float("inf"), lo_open=True),
-                seed=b.integer("seed", None, 0),
+    """Types are checked here, ranges by GenerationConfig (one source of truth for them)."""
+    return dict(temperature=b.number("temperature", temperature),
+                top_p=b.number("top_p", top_p),
+                top_k=b.integer("top_k", top_k),
+                min_p=b.number("min_p", 0.0),
+                repetition_penalty=b.number("repetition_penalty", 1.0),
+                seed=b.integer("seed", None),
                 stop=b.stop(),
                 ignore_eos=b.boolean("ignore_eos", False),
                 skip_special_tokens=b.boolean("skip_special_tokens", True))
 
 
 def make_config(names: dict[str, str], **fields) -> GenerationConfig:
+    """GenerationConfig checks the ranges; its error becomes a 400 naming the request's field."""
     try:
         return GenerationConfig(**fields)
-    except GenerationConfigError as e:        # a range the checks above do not cover
-        param = names.get(e.field, e.field)
-        raise bad_field(param, str(e).split(": ", 1)[-1]) from None
+    except GenerationConfigError as e:
+        raise from_engine_error(e, names) from None
 
 
 def parse_messages(value, param: str = "messages") -> list[dict]:

@@ -66,6 +66,8 @@ class Shape:
         self.created = int(time.time())
         self.model = model
         self.token_text = token_text            # token id -> str
+        # built once per request: every streamed chunk starts with the same fields
+        self._chunk_head = self._head("chat.completion.chunk" if chat else "text_completion")
 
     def _head(self, obj: str) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
@@ -83,7 +85,7 @@ class Shape:
         return {"index": i, "text": c.text, "logprobs": self.logprobs(c.logprobs), "finish_reason": c.finish_reason}
 
     def chunk(self, choices: list[dict], usage: dict | None = None, with_usage: bool = False) -> dict:
-        obj = {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": choices}
+        obj = {**self._chunk_head, "choices": choices}
         if with_usage:
             obj["usage"] = usage
         return obj

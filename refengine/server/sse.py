@@ -49,7 +49,7 @@ async def send_done(response: web.StreamResponse) -> None:
 
 
 async def send_line(response: web.StreamResponse, obj: dict) -> None:
-    await response.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+    await response.write(dumps(obj) + b"\n")
 
 
 async def send_failure(response: web.StreamResponse, e: Exception, ndjson: bool = False) -> None:
