@@ -19,18 +19,22 @@ import itertools
 from dataclasses import dataclass
 
 from refengine.bench.device import PeakMemory, is_gpu
-from refengine.bench.timing import RequestTiming, check_complete, flat_stats, run_requests
+from refengine.bench.timing import RequestTiming, check_complete, latency_stats, run_requests
 from refengine.bench.workloads import BenchRequest, check_fits, fixed_requests
 from refengine.sampling_params import GenerationConfig
 
 WARMUP_TOKENS = 4
 
+# shared with throughput.py: (row key, header, format spec), see report.format_table
+FIRST_TOKEN_COLUMNS = [("first_token_ms_mean", "1st token ms mean", ".1f"), ("first_token_ms_p50", "p50", ".1f"),
+                       ("first_token_ms_p90", "p90", ".1f"), ("first_token_ms_p99", "p99", ".1f")]
+PEAK_MEMORY_COLUMN = ("peak_memory_gb", "peak mem GB", ".2f")
+
 COLUMNS = [("batch_size", "batch", "d"), ("prompt_tokens", "prompt", "d"), ("output_tokens", "output", "d"),
-           ("first_token_ms_mean", "1st token ms mean", ".1f"), ("first_token_ms_p50", "p50", ".1f"),
-           ("first_token_ms_p90", "p90", ".1f"), ("first_token_ms_p99", "p99", ".1f"),
+           *FIRST_TOKEN_COLUMNS,
            ("decode_tokens_per_s", "decode tok/s", ".1f"), ("output_tokens_per_s", "output tok/s", ".1f"),
            ("token_latency_ms_p50", "ms/token p50", ".2f"), ("token_latency_ms_p90", "p90", ".2f"),
-           ("token_latency_ms_p99", "p99", ".2f"), ("peak_memory_gb", "peak mem GB", ".2f")]
+           ("token_latency_ms_p99", "p99", ".2f"), PEAK_MEMORY_COLUMN]
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,7 @@ def summarize(timings: list[RequestTiming], case: tuple[int, int, int], memory: 
     row = {"batch_size": batch, "prompt_tokens": prompt, "output_tokens": output, "requests": len(timings),
            "total_output_tokens": total, "wall_s": end - start, "output_tokens_per_s": total / (end - start),
            "decode_tokens_per_s": decode_tokens / (end - decode_from) if end > decode_from else float("nan"),
-           **flat_stats("first_token_ms", [t.first_token_latency for t in timings], 1e3),
-           **flat_stats("token_latency_ms", [g for t in timings for g in t.token_gaps()], 1e3), **memory}
+           **latency_stats(timings), **memory}
     row["peak_memory_gb"] = peak_gigabytes(memory)
     return row
 
@@ -75,18 +78,26 @@ def warm_up(engine, requests: list[BenchRequest], sampling: GenerationConfig, ro
         run_requests(engine, short, sampling, concurrency)
 
 
-def run_case(engine, case: tuple[int, int, int], opts: GenerationOptions) -> dict:
-    batch, prompt, output = case
+def measure(engine, requests: list[BenchRequest], sampling: GenerationConfig, warmup: int,
+            concurrency: int | None = None) -> tuple[list[RequestTiming], dict]:
+    """Warm up on the first `concurrency` requests, then run them all once, timed and under PeakMemory:
+    (timings, peak memory). Shared by both benchmarks; a request that fits nowhere or ends short raises."""
     xp = engine.model.ops.xp
-    requests = fixed_requests(batch, prompt, output, engine.model.cfg.vocab_size, opts.seed)
     check_fits(requests, engine.session_len)
     if is_gpu(xp):
-        xp.get_default_memory_pool().free_all_blocks()     # so the pool's peak is this case's
-    warm_up(engine, requests, opts.sampling, opts.warmup)
+        xp.get_default_memory_pool().free_all_blocks()     # so the pool's peak is this run's
+    warm_up(engine, requests[:concurrency], sampling, warmup, concurrency)
     with PeakMemory(xp) as peak:
-        timings = run_requests(engine, requests, opts.sampling)
+        timings = run_requests(engine, requests, sampling, concurrency)
     check_complete(timings, requests)
-    return summarize(timings, case, peak.result())
+    return timings, peak.result()
+
+
+def run_case(engine, case: tuple[int, int, int], opts: GenerationOptions) -> dict:
+    batch, prompt, output = case
+    requests = fixed_requests(batch, prompt, output, engine.model.cfg.vocab_size, opts.seed)
+    timings, memory = measure(engine, requests, opts.sampling, opts.warmup)
+    return summarize(timings, case, memory)
 
 
 def run_generation(engine, opts: GenerationOptions, progress=lambda row: None) -> list[dict]:

@@ -15,8 +15,6 @@ the function the int4 workspace computes, as float16 weights.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from refengine.config import ModelConfig
 from refengine.model.weights import LayerWeights
 from refengine.quant.primitives import Int4Weight, dequantize_int4
 from refengine.workspace.safetensors_writer import write_safetensors
+from refengine.workspace.writer import _write_json      # the workspace's JSON writer (fsync'd)
 
 DEQUANT_ROWS = 1024                   # rows dequantized at a time (float32 scratch stays ~50 MB)
 
@@ -97,10 +96,3 @@ class HFWriter:
         _write_json(self.root / "generation_config.json",
                     {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id})
 
-
-def _write_json(path: Path, data) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())

@@ -13,6 +13,7 @@ import dataclasses
 from datetime import datetime, timezone
 
 from refengine import __version__
+from refengine.engine.kv_cache import KVCache
 from refengine.quant.primitives import Int4Weight
 
 
@@ -39,8 +40,8 @@ def decode_weight_bytes(model) -> int:
 
 
 def kv_bytes_per_token(model) -> int:
-    c = model.cfg
-    return 2 * c.num_layers * c.kv_size * model.dtype.itemsize
+    """K and V of one token in every layer: the KV cache's own block size arithmetic, for a block of 1."""
+    return KVCache.bytes_per_block(model.cfg, 1, model.dtype.itemsize)
 
 
 def weight_type(model) -> tuple[str, int | None]:

@@ -98,3 +98,9 @@ def stats(values, scale: float = 1.0) -> dict[str, float]:
 def flat_stats(prefix: str, values, scale: float = 1.0) -> dict[str, float]:
     """stats() with keys `<prefix>_mean`, `<prefix>_p50`, ...: one flat row for tables and CSV."""
     return {f"{prefix}_{k}": v for k, v in stats(values, scale).items()}
+
+
+def latency_stats(timings: list[RequestTiming]) -> dict[str, float]:
+    """The latency columns both benchmarks report: first_token_ms_* and token_latency_ms_* (milliseconds)."""
+    return {**flat_stats("first_token_ms", [t.first_token_latency for t in timings], 1e3),
+            **flat_stats("token_latency_ms", [g for t in timings for g in t.token_gaps()], 1e3)}

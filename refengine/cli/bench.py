@@ -133,7 +133,7 @@ def _check_outputs(kw) -> None:
 @contextlib.contextmanager
 def _engine(model: str, kw: dict, batch: int):
     """(engine, meta) built from the flags; the engine (and with --tp, its rank processes) closed afterwards."""
-    from refengine.bench.device import copy_bandwidth_gbps, device_name
+    from refengine.bench.device import copy_bandwidth_gbps, device_name, is_gpu
     from refengine.bench.meta import run_meta
     from refengine.config import EngineConfig
     from refengine.engine.engine import Engine
@@ -149,7 +149,7 @@ def _engine(model: str, kw: dict, batch: int):
     lm = build_model(loaded, kw["backend"], kw["tp"])        # a bad --tp is refused here, before any process
     try:
         xp = lm.ops.xp
-        backend = "numpy" if xp.__name__ == "numpy" else "cupy"
+        backend = "cupy" if is_gpu(xp) else "numpy"
         copy = copy_bandwidth_gbps(xp)                   # before the KV cache takes the free memory
         with Engine(lm, loaded.tokenizer, config) as engine:
             yield engine, run_meta(engine, model, backend, device_name(xp), copy, kw["seed"], kw["label"])

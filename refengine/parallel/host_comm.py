@@ -16,8 +16,14 @@ def _send(conn, x: np.ndarray) -> None:
     conn.send_bytes(np.ascontiguousarray(x).tobytes())
 
 
+def _view_like(conn, like: np.ndarray) -> np.ndarray:
+    """The next array from `conn`, shaped like `like`: a read-only view of the received bytes."""
+    return np.frombuffer(conn.recv_bytes(), dtype=like.dtype).reshape(like.shape)
+
+
 def _recv_like(conn, like: np.ndarray) -> np.ndarray:
-    return np.frombuffer(conn.recv_bytes(), dtype=like.dtype).reshape(like.shape).copy()
+    """As _view_like, but a writable copy (the caller's model may update it in place)."""
+    return _view_like(conn, like).copy()
 
 
 class HostComm:
@@ -32,7 +38,7 @@ class HostComm:
             return _recv_like(self.conns[0], x)
         total = np.array(x, copy=True)
         for conn in self.conns:
-            total += _recv_like(conn, x)
+            total += _view_like(conn, x)
         for conn in self.conns:
             _send(conn, total)
         return total
@@ -42,7 +48,7 @@ class HostComm:
         if self.rank:
             _send(self.conns[0], logits)
             return logits
-        parts = [logits] + [_recv_like(conn, logits) for conn in self.conns]
+        parts = [logits] + [_view_like(conn, logits) for conn in self.conns]     # concatenate copies
         return np.concatenate(parts, axis=1)[:, :self.vocab_size]
 
     def close(self) -> None:

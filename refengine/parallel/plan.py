@@ -107,15 +107,10 @@ def make_plan(cfg: ModelConfig, tp: int, group_size: int | None = None) -> TPPla
     return plan
 
 
-def check_tp(tp: int, config: ModelConfig, quant_group_size: int | None, visible_gpus: int | None) -> None:
-    """Refuse a --tp that cannot run, with a one-line message, before any process starts.
+def check_tp(tp: int, config: ModelConfig, quant_group_size: int | None, visible_gpus: int | None) -> TPPlan:
+    """Refuse a --tp that cannot run, with a one-line message, before any process starts; the plan otherwise.
 
     visible_gpus: the GPUs this process can see; None when the ranks are CPU processes (--backend numpy)."""
-    plan_for(tp, config, quant_group_size, visible_gpus)
-
-
-def plan_for(tp: int, config: ModelConfig, quant_group_size: int | None, visible_gpus: int | None) -> TPPlan:
-    """check_tp, returning the plan."""
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise TensorParallelError(f"--tp must be a positive integer, got {tp!r}")
     if tp & (tp - 1):

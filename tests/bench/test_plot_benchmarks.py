@@ -55,3 +55,22 @@ def test_a_file_that_is_not_a_result(tmp_path, capsys):
     bad.write_text(json.dumps({"rows": []}))
     code, _, err = run_tool_main("plot_benchmarks", [str(bad)], capsys)
     assert_one_line_error(code, err, "plot_benchmarks", "bad.json")
+
+
+def test_series_and_bars_carry_the_numbers():
+    """What the PNGs draw: each run's own batches and rates, names made unique by file when they repeat."""
+    plot = load_tool("plot_benchmarks")
+    compare = {"kind": "compare", "meta": {}, "_file": "cmp", "rows": [
+        {"implementation": "transformers sdpa", "mode": "generation", "batch_size": 64, "prompt_tokens": 128,
+         "output_tokens": 128, "decode_tokens_per_s": 1500.0},
+        {"implementation": "transformers sdpa", "mode": "throughput", "output_tokens_per_s": 900.0,
+         "requests_per_s": 3.0}]}
+    docs = [{**generation_doc(), "_file": "a"}, {**generation_doc(tokens=(1.0, 2.0, 3.0)), "_file": "b"}, compare]
+    assert plot.decode_series(docs, None, None) == [
+        ("refengine cupy float16 [a]", [1, 8, 64], [100.0, 700.0, 2500.0]),
+        ("refengine cupy float16 [b]", [1, 8, 64], [1.0, 2.0, 3.0]),
+        ("transformers sdpa", [64], [1500.0])]
+    throughput = {"kind": "throughput", "meta": META, "_file": "t",
+                  "rows": [{"output_tokens_per_s": 2000.0, "requests_per_s": 6.0}]}
+    assert plot.throughput_bars([compare, throughput]) == [("transformers sdpa", 900.0, 3.0),
+                                                          ("refengine cupy float16", 2000.0, 6.0)]
