@@ -18,7 +18,6 @@ import logging
 from dataclasses import replace
 from typing import Hashable, Sequence as Seq
 
-
 from refengine.config import EngineConfig
 from refengine.engine.block_manager import BlockManager, num_kv_blocks
 from refengine.engine.errors import (EngineConfigError, SessionBusyError, SessionLengthError,
