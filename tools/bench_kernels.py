@@ -148,10 +148,16 @@ def time_eager_gpu(call, launches: int = 20, replays: int = 5) -> float:
     return statistics.median(times) * 1000 / launches
 
 
+def v8_tune(M: int) -> list:
+    """(label, kwargs) of the compiled v8 tuning points for M rows."""
+    return [(f"v8 R{r} D{d} PW{pw}", dict(config=(r, d, pw))) for mb, r, d, pw in cuda.W4A16_V8_TUNE
+            if mb == cuda.w4a16_v7_mb(M)]
+
+
 def bench_w4a16(c, quick, gemm=True):
-    gemv = [("v2", {}), ("v3", {}), ("v5", {}), ("v7", {})] + ([("v1", {})] if not quick else [])
+    gemv = [("v2", {}), ("v3", {}), ("v5", {}), ("v7", {}), ("v8", {})] + ([("v1", {})] if not quick else [])
     tune = [] if quick else [("v5 3 stages", dict(variant="v5s3")), ("v5 other mode", None)] + [
-        (f"v7 R{r} D{d}", dict(config=(r, d))) for mb, r, d in cuda.W4A16_V7_TUNE if mb == 1]
+        (f"v7 R{r} D{d}", dict(config=(r, d))) for mb, r, d in cuda.W4A16_V7_TUNE if mb == 1] + v8_tune(1)
     for N, K in ((4096, 4096), (11008, 4096), (4096, 11008)):
         g = 128
         rng = np.random.default_rng(0)
@@ -180,7 +186,9 @@ def bench_w4a16(c, quick, gemm=True):
                 xm = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
                 v7_tune = [(f"v7 R{r} D{d}", dict(config=(r, d))) for mb, r, d in cuda.W4A16_V7_TUNE
                            if mb == cuda.w4a16_v7_mb(M)]
-                for v, kw in [("v3", {}), ("v5", {}), ("v6", {}), ("v7", {})] + v7_tune:
+                for v, kw in [("v3", {}), ("v5", {}), ("v6", {}), ("v7", {}), ("v8", {})] + v7_tune + v8_tune(M):
+                    if v.startswith("v8") and M > cuda.W4A16_V8_MAX_MB:
+                        continue
                     if N != K and v in ("v5", "v6"):
                         continue
                     fn = functools.partial(cuda.VERSIONS["linear_w4a16"][v.split()[0]], **kw)

@@ -702,11 +702,20 @@ def _v7_ok(x, ldx, qweight, M: int, K: int) -> bool:
             and qweight.size < 2 ** 31)
 
 
+# ---- v8: v7 with its multiply-adds on float16 pairs (HFMA2; M <= 4). (R, D, PW): PW = words of 8 weights whose
+# products share one float16 partial before it is added in float32 (1: at most 4 products per partial).
+W4A16_V8 = {1: (2, 2, 1), 2: (2, 2, 1), 4: (2, 2, 1)}
+W4A16_V8_MAX_MB = 4
+W4A16_V8_TUNE = ((1, 2, 2, 2), (1, 2, 2, 4), (1, 2, 4, 1), (1, 4, 2, 1), (1, 4, 2, 2), (1, 1, 4, 1))
+_W4A16_GEMV_TABLES = {"w4a16_v7": W4A16_V7, "w4a16_silu_v7": W4A16_SILU_V7, "w4a16_v8": W4A16_V8}
+
+
 def _w4a16_v7_launch(prefix, x, ldx, qweight, scales, zeros, group_size, bias, M, K, config=None):
-    """Launch w4a16_gemv.cu's `prefix`_m{MB}_r{R}_d{D}_f16; config = (R, D) overrides the table (tuning)."""
+    """Launch w4a16_gemv.cu's `prefix`_m{MB}_r{R}_d{D}[_p{PW}]_f16; config = (R, D[, PW]) overrides the table
+    (tuning)."""
     N, mb = qweight.shape[0], w4a16_v7_mb(M)
-    R, D = config or (W4A16_SILU_V7 if "silu" in prefix else W4A16_V7)[mb]
-    kernel = f"{prefix}_m{mb}_r{R}_d{D}_f16"
+    R, D, *pw = config or _W4A16_GEMV_TABLES[prefix][mb]
+    kernel = f"{prefix}_m{mb}_r{R}_d{D}" + "".join(f"_p{p}" for p in pw) + "_f16"
     y = cp.empty((M, N), F16)
     if M and N:
         _launch("w4a16_gemv.cu", kernel, (w4a16_v7_blocks(kernel, N, R),), (128,),
@@ -724,6 +733,15 @@ def _w4a16_v7(x, qweight, scales, zeros, group_size, bias=None, config=None):
     return _w4a16_v7_launch("w4a16_v7", x, ldx, qweight, scales, zeros, group_size, bias, M, K, config)
 
 
+@_version("linear_w4a16", "v8")
+def _w4a16_v8(x, qweight, scales, zeros, group_size, bias=None, config=None):
+    M, K = x.shape
+    ldx = _row_stride(x, "linear_w4a16", "x")
+    if M > W4A16_V8_MAX_MB or not _v7_ok(x, ldx, qweight, M, K):
+        raise Unsupported
+    return _w4a16_v7_launch("w4a16_v8", x, ldx, qweight, scales, zeros, group_size, bias, M, K, config)
+
+
 def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     """The order linear_w4a16 tries its versions in for M rows and N outputs — the rule measured on an H100
     (docs/benchmarks.md, 4096 × 4096 and 11008 × 4096, g128):
@@ -735,7 +753,7 @@ def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     Each list ends with versions that take whatever the first refuses (K % 32, alignment, sm < 80; v7 runs
     from sm 7.0)."""
     if M <= W4A16_V7_MAX_M:
-        return ("v7", "v3", "v2", "v1")
+        return ("v8", "v7", "v3", "v2", "v1")
     if M <= SMALL_M:
         return ("v3", "v7", "v2", "v1")
     if M <= 32 and _cdiv(N, 16) <= 2 * _sms():
@@ -745,7 +763,7 @@ def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     return ("v4", "v6", "v2", "v1")
 
 
-DEFAULTS["linear_w4a16"] = ("v7", "v3", "v6", "v4", "v2", "v5", "v1")   # w4a16_order picks the order per call
+DEFAULTS["linear_w4a16"] = ("v8", "v7", "v3", "v6", "v4", "v2", "v5", "v1")   # w4a16_order picks the order per call
 
 
 # ---------------------------------------------------------------- the MLP's down projection with silu fused in

@@ -28,7 +28,7 @@ def make(rng, M, K, N, g, bias):
 @pytest.mark.parametrize("g", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(1, 4096, 1000), (3, 576, 960), (8, 1536, 577), (13, 512, 96), (70, 256, 130),
                                    (1, 96, 17)])
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6", "v7"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_w4a16(version, M, K, N, g, bias):
     if K % g:
@@ -38,8 +38,8 @@ def test_w4a16(version, M, K, N, g, bias):
     got = run_version("linear_w4a16", version, xd, qd, sd, zd, g, bd)
     if got is None:
         assert (version == "v4" and M < cuda.W4A16_CUBLAS_M) or (
-            version in ("v2", "v3", "v5", "v6", "v7") and K % 32) or (
-            version in ("v3", "v5", "v7") and M > cuda.SMALL_M)
+            version in ("v2", "v3", "v5", "v6", "v7", "v8") and K % 32) or (
+            version in ("v3", "v5", "v7") and M > cuda.SMALL_M) or (version == "v8" and M > cuda.W4A16_V8_MAX_MB)
         return
     want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
     assert_close(got, want, "linear_w4a16", "float16", f"{version} g{g} seed {seed}")
@@ -75,17 +75,21 @@ def test_w4a16_stream_strided_rows():
         assert_close(got, want, "linear_w4a16", "float16", f"{version} seed {seed}")
 
 
-def run_v7(x, qd, sd, zd, g, bd, config=None):
-    return cuda.VERSIONS["linear_w4a16"]["v7"](x, qd, sd, zd, g, bd, config=config)
+def run_v7(x, qd, sd, zd, g, bd, config=None, version="v7"):
+    return cuda.VERSIONS["linear_w4a16"][version](x, qd, sd, zd, g, bd, config=config)
 
 
 @pytest.mark.parametrize("g", [32, 64, 128])
 @pytest.mark.parametrize("M", range(1, 9))
 @pytest.mark.parametrize("slots", [None, 8])
-def test_w4a16_v7(M, g, slots, monkeypatch):
+@pytest.mark.parametrize("version", ["v7", "v8"])
+def test_w4a16_v7(version, M, g, slots, monkeypatch):
     """v7 on every row count it takes, x rows further apart than K (a view of a wider buffer), a bias, an odd N
     (a last row group that is cut short) and K = 1536 (the last step of a row has half its lanes idle).
-    slots=8: as if only 8 warps fitted on the GPU, so that each warp streams many row groups through its ring."""
+    slots=8: as if only 8 warps fitted on the GPU, so that each warp streams many row groups through its ring.
+    v8 (the same walk, float16-pair math) on the rows it takes."""
+    if version == "v8" and M > cuda.W4A16_V8_MAX_MB:
+        pytest.skip("v8 takes at most 4 rows")
     if slots:
         monkeypatch.setattr(cuda, "_v7_warp_slots", lambda kernel, device: slots)
     rng, seed = fresh_rng()
@@ -93,9 +97,9 @@ def test_w4a16_v7(M, g, slots, monkeypatch):
     x, w, b, (_, qd, sd, zd), bd = make(rng, M, K, N, g, True)
     wide = cp.zeros((M, K + 72), cp.float16)
     wide[:, 8:K + 8] = cp.asarray(x)
-    got = run_v7(wide[:, 8:K + 8], qd, sd, zd, g, bd)
+    got = run_v7(wide[:, 8:K + 8], qd, sd, zd, g, bd, version=version)
     want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
-    assert_close(got, want, "linear_w4a16", "float16", f"v7 M={M} g{g} slots={slots} seed {seed}")
+    assert_close(got, want, "linear_w4a16", "float16", f"{version} M={M} g{g} slots={slots} seed {seed}")
 
 
 @pytest.mark.parametrize("M,K,N,g", [(1, 4096, 1001, 128), (1, 352, 64, 32), (3, 1024, 517, 64), (4, 2080, 130, 32)])
@@ -111,6 +115,37 @@ def test_w4a16_v7_configs_agree(M, K, N, g):
         if mb == cuda.w4a16_v7_mb(M):
             got = run_v7(xd, qd, sd, zd, g, bd, config=(R, D))
             np.testing.assert_array_equal(got.get(), default.get(), err_msg=f"R={R} D={D} seed {seed}")
+
+
+@pytest.mark.parametrize("M,K,N,g", [(1, 4096, 1001, 128), (1, 352, 64, 32), (2, 1024, 517, 64)])
+def test_w4a16_v8_configs(M, K, N, g):
+    """v8: every (R, D) with the same PW gives the same bits (each lane's float16 partials see the same products
+    in the same order); a larger PW only moves the float16 roundings, within the tolerance."""
+    rng, seed = fresh_rng()
+    x, w, b, (xd, qd, sd, zd), bd = make(rng, M, K, N, g, True)
+    want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
+    default = run_v7(xd, qd, sd, zd, g, bd, version="v8")
+    for mb, R, D, PW in cuda.W4A16_V8_TUNE:
+        if mb != cuda.w4a16_v7_mb(M):
+            continue
+        got = run_v7(xd, qd, sd, zd, g, bd, config=(R, D, PW), version="v8")
+        assert_close(got, want, "linear_w4a16", "float16", f"v8 R={R} D={D} PW={PW} seed {seed}")
+        if PW == cuda.W4A16_V8[mb][2]:
+            np.testing.assert_array_equal(got.get(), default.get(), err_msg=f"R={R} D={D} seed {seed}")
+
+
+def test_w4a16_v8_large_activations():
+    """x up to ±1000 (an outlier channel after the MLP's activation) with |q − zero| = 15 weights: a float16 partial
+    of 4 products stays finite, and the result matches the float32 reference."""
+    rng, seed = fresh_rng()
+    K, N, g = 512, 64, 128
+    x = randn(rng, (1, K), np.float16)
+    x[0, rng.choice(K, 8, replace=False)] = np.float16(1000) * rng.choice([-1, 1], 8).astype(np.float16)
+    w = quantize_int4(randn(rng, (N, K), np.float32, 1 / np.sqrt(K)), g)
+    got = run_v7(cp.asarray(x), *(cp.asarray(a) for a in (w.qweight, w.scales, w.zeros)), g, None, version="v8")
+    assert np.isfinite(got.get()).all(), f"seed {seed}"
+    want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g)
+    assert_close(got, want, "linear_w4a16", "float16", f"v8 outliers seed {seed}")
 
 
 def test_w4a16_v7_refuses():
