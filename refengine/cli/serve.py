@@ -15,6 +15,7 @@ import click
 
 from refengine.cli.chat import engine_options, load_chat_pipeline, pop_engine_config
 from refengine.cli.options import handle_user_errors, model_options, run_click
+from refengine.server import defaults
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
@@ -35,11 +36,11 @@ def server_options(fn):
                                                        "on /v1 routes (repeatable, or comma-separated)."),
         click.option("--allow-origins", multiple=True, default=("*",), show_default=True,
                      help="Origins allowed by CORS (repeatable; '' turns CORS off)."),
-        click.option("--max-concurrent-requests", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Generation requests in flight; beyond it: 429 with Retry-After."),
-        click.option("--max-body-size", type=click.IntRange(min=1024), default=4 * 1024 * 1024, show_default=True,
-                     help="Largest request body in bytes; beyond it: 413."),
-        click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+        click.option("--max-concurrent-requests", type=click.IntRange(min=1), default=defaults.MAX_CONCURRENT_REQUESTS,
+                     show_default=True, help="Generation requests in flight; beyond it: 429 with Retry-After."),
+        click.option("--max-body-size", type=click.IntRange(min=1024), default=defaults.MAX_BODY_SIZE,
+                     show_default=True, help="Largest request body in bytes; beyond it: 413."),
+        click.option("--drain-timeout", type=click.FloatRange(min=0), default=defaults.DRAIN_TIMEOUT, show_default=True,
                      help="On SIGTERM / Ctrl-C, seconds to let requests in flight finish before cancelling them."),
         click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING",
                      show_default=True),

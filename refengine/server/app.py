@@ -19,7 +19,7 @@ import socket
 
 from aiohttp import web
 
-from refengine.server import interactive_routes, openai_routes
+from refengine.server import defaults, interactive_routes, openai_routes
 from refengine.server.admission import Admission
 from refengine.server.auth import auth_middleware
 from refengine.server.context import CTX, ServerContext
@@ -30,16 +30,15 @@ from refengine.server.openapi import add_docs_routes
 
 logger = logging.getLogger("refengine.server")
 
-DEFAULT_MAX_CONCURRENT = 256
-DEFAULT_MAX_BODY = 4 * 1024 * 1024
 RUNNER_OPTIONS = {"handler_cancellation": True}     # a disconnect cancels its handler (aiohttp's default: not)
 
 __all__ = ["CTX", "ServerContext", "create_app", "run_api_server", "RUNNER_OPTIONS"]
 
 
 def create_app(engine, *, model_name: str, api_keys=(), allow_origins=(),
-               max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT, max_body_size: int = DEFAULT_MAX_BODY,
-               drain_timeout: float = 30.0) -> web.Application:
+               max_concurrent_requests: int = defaults.MAX_CONCURRENT_REQUESTS,
+               max_body_size: int = defaults.MAX_BODY_SIZE,
+               drain_timeout: float = defaults.DRAIN_TIMEOUT) -> web.Application:
     ctx = ServerContext(engine, model_name, tuple(api_keys), tuple(allow_origins),
                         Admission(max_concurrent_requests), Metrics(), drain_timeout)
     app = web.Application(client_max_size=max_body_size, middlewares=[

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from refengine.server import defaults
 from refengine.server.admission import Admission
 from refengine.server.metrics import Metrics
 
@@ -22,9 +23,9 @@ class ServerContext:
     model_name: str
     api_keys: tuple[str, ...] = ()
     allow_origins: tuple[str, ...] = ()
-    admission: Admission = field(default_factory=lambda: Admission(256))
+    admission: Admission = field(default_factory=lambda: Admission(defaults.MAX_CONCURRENT_REQUESTS))
     metrics: Metrics = field(default_factory=Metrics)
-    drain_timeout: float = 30.0
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
     created: int = field(default_factory=lambda: int(time.time()))
     _interactive_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _token_texts: dict[int, str] = field(default_factory=dict)
