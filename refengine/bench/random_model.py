@@ -2,7 +2,8 @@
 
     validate                         every mistake refused before anything is written
     atomic_directory(dst)            (and atomic_directory(hf_out)): nothing half-written survives a failure
-      tokenizer/                     synthetic byte-level BPE of the shape's vocabulary (synthetic_tokenizer.py)
+      tokenizer/                     synthetic byte-level BPE of the shape's vocabulary (synthetic_tokenizer.py);
+                                     the HF directory gets copies of these files
       weights/model.safetensors      embed, final_norm, lm_head
       weights/layer_NNN.safetensors  block by block: made, written (to both), dropped
       refengine.json                 last, with the checksums (WorkspaceWriter.finish)
@@ -27,8 +28,9 @@ from refengine.bench.hf_writer import HFWriter
 from refengine.bench.random_weights import RandomWeights
 from refengine.bench.shapes import shape_config
 from refengine.bench.synthetic_tokenizer import synthetic_tokenizer
-from refengine.quant.primitives import GROUP_SIZES
+from refengine.quant.primitives import group_size_fit
 from refengine.workspace.atomic import atomic_directory, check_destination
+from refengine.workspace.format import TOKENIZER_DIR
 from refengine.workspace.writer import WorkspaceWriter, manifest_fields
 
 WEIGHT_TYPES = ("float16", "int4")
@@ -61,12 +63,10 @@ def validate(opts: RandomModelOptions):
     if opts.weight_type not in WEIGHT_TYPES:
         raise BenchError(f"--weight-type {opts.weight_type!r} is not supported (choose from {', '.join(WEIGHT_TYPES)})")
     if opts.weight_type == "int4":
-        widths = {"hidden size": cfg.hidden_size, "attention width": cfg.q_size,
-                  "intermediate size": cfg.intermediate_size}
-        fitting = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths.values())]
-        if opts.group_size not in fitting:
+        fit = group_size_fit(cfg, opts.group_size)
+        if opts.group_size not in fit.fitting:      # also refuses sizes outside GROUP_SIZES that divide
             raise BenchError(f"--group-size {opts.group_size} does not fit the {opts.shape} shape (its widths "
-                             f"{sorted(set(widths.values()))}; group sizes that fit: {fitting})")
+                             f"{sorted({w for _, w in fit.widths})}; group sizes that fit: {list(fit.fitting)})")
     if opts.threads is not None and opts.threads < 1:
         raise BenchError(f"--threads must be at least 1, got {opts.threads}")
     check_destination(Path(opts.dst), opts.force)
@@ -112,7 +112,7 @@ def make_random_model(opts: RandomModelOptions, progress: Callable[[str], None] 
                                                  _quant_record(opts) if group_size else None,
                                                  f"random weights: shape {opts.shape}, seed {opts.seed}"))
         if hf:
-            hf.finish(tokenizer)
+            hf.finish(tokenizer, ws_tmp / TOKENIZER_DIR)
     return RandomModelSummary(Path(opts.dst), opts.hf_out, time.perf_counter() - start,
                               sum(f["bytes"] for f in manifest["files"].values()), hf.total_bytes if hf else 0)
 

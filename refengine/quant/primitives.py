@@ -48,6 +48,25 @@ def check_group_size(in_features: int, group_size: int, what: str = "weight") ->
                              f"of {what}")
 
 
+@dataclass(frozen=True)
+class GroupSizeFit:
+    """How a group size fits a model: every linear's input dimension is one of `widths`."""
+    widths: tuple[tuple[str, int], ...]     # (what, input dimension): hidden, attention (heads × head_dim), MLP
+    fitting: tuple[int, ...]                # the GROUP_SIZES that divide every width
+    misfit: tuple[str, int] | None          # the first width that the asked group size does not divide
+
+
+def group_size_fit(cfg, group_size: int) -> GroupSizeFit:
+    """Check `group_size` against the input dimensions of a model's linears (cfg: a ModelConfig).
+
+    The callers (workspace convert, bench random model) word their own one-line errors from the result."""
+    widths = (("hidden size", cfg.hidden_size), ("attention width (heads × head_dim)", cfg.q_size),
+              ("intermediate size", cfg.intermediate_size))
+    fitting = tuple(g for g in GROUP_SIZES if all(width % g == 0 for _, width in widths))
+    misfit = next(((what, width) for what, width in widths if width % group_size), None)
+    return GroupSizeFit(widths, fitting, misfit)
+
+
 @dataclass
 class Int4Weight:
     """A packed W4A16 linear weight [out, in] (see the module docstring for the layout)."""

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from refengine.errors import RefengineError
-from refengine.quant.primitives import GROUP_SIZES
+from refengine.quant.primitives import GROUP_SIZES, group_size_fit
 from refengine.quant.progress import Progress
 from refengine.workspace.atomic import atomic_directory, check_destination
 from refengine.workspace.format import DTYPES
@@ -83,13 +83,11 @@ def check_model(source, opts: ConvertOptions) -> None:
                            f"convert it without --quant")
     if opts.quant == "none":
         return
-    widths = (("hidden size", cfg.hidden_size), ("attention width (heads × head_dim)", cfg.q_size),
-              ("intermediate size", cfg.intermediate_size))
-    fitting = [g for g in GROUP_SIZES if all(width % g == 0 for _, width in widths)]
-    for what, width in widths:
-        if width % opts.group_size:
-            raise ConvertError(f"--group-size {opts.group_size} does not divide the model's {what} {width} "
-                               f"(group sizes that fit this model: {', '.join(map(str, fitting)) or 'none'})")
+    fit = group_size_fit(cfg, opts.group_size)
+    if fit.misfit is not None:
+        what, width = fit.misfit
+        raise ConvertError(f"--group-size {opts.group_size} does not divide the model's {what} {width} "
+                           f"(group sizes that fit this model: {', '.join(map(str, fit.fitting)) or 'none'})")
 
 
 def convert(spec: str, opts: ConvertOptions, progress: Progress = Progress()) -> ConvertSummary:

@@ -1,11 +1,13 @@
 """int4 group quantization and packing: exact round trips and the half-step error bound."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from refengine.errors import RefengineError
-from refengine.quant.primitives import (dequantize_codes, dequantize_int4, fake_quantize, pack_int4,
-                                        quantize_groups, quantize_int4, unpack_int4)
+from refengine.quant.primitives import (dequantize_codes, dequantize_int4, fake_quantize, group_size_fit,
+                                        pack_int4, quantize_groups, quantize_int4, unpack_int4)
 
 
 def test_pack_unpack_round_trips_exactly():
@@ -42,3 +44,15 @@ def test_group_size_must_divide_the_input_dimension():
         quantize_int4(np.ones((4, 576), np.float32), 128)
     with pytest.raises(RefengineError, match="not supported"):
         quantize_int4(np.ones((4, 576), np.float32), 48)
+
+
+def test_group_size_fit_names_the_first_width_it_does_not_divide():
+    # hidden 192, attention 3 × 64 = 192, MLP 320: 32 and 64 divide all three; 128 fails first on hidden
+    cfg = SimpleNamespace(hidden_size=192, q_size=192, intermediate_size=320)
+    fit = group_size_fit(cfg, 128)
+    assert fit.fitting == (32, 64) and fit.misfit == ("hidden size", 192)
+    assert [w for _, w in fit.widths] == [192, 192, 320]
+    assert group_size_fit(cfg, 64).misfit is None
+    assert group_size_fit(SimpleNamespace(hidden_size=256, q_size=256, intermediate_size=96), 64).misfit == \
+        ("intermediate size", 96)
+    assert group_size_fit(SimpleNamespace(hidden_size=80, q_size=128, intermediate_size=80), 32).fitting == ()
