@@ -31,9 +31,9 @@ def build_model(loaded, backend: str = "auto", tp: int = 1, dtype=None, spec: st
     """The Engine's model for `loaded` (a LoadedModel) split over `tp` ranks."""
     cpu_ranks = backend == "numpy"
     gpus = None if cpu_ranks or tp == 1 else visible_gpu_count()
-    check_tp(tp, loaded.config, group_size_of(loaded.weights), gpus)
+    plan = check_tp(tp, loaded.config, group_size_of(loaded.weights), gpus)
     if tp == 1:
         return LlamaModel(loaded.config, loaded.weights, get_backend(backend), dtype)
     from refengine.parallel.runtime import TensorParallelModel
     ops = get_backend("numpy" if cpu_ranks else "cupy")
-    return TensorParallelModel(spec or loaded.source, loaded.config, loaded.weights, tp, ops, dtype)
+    return TensorParallelModel(spec or loaded.source, plan, loaded.weights, ops, dtype)

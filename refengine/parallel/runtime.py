@@ -29,13 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refengine.config import ModelConfig
 from refengine.engine.kv_cache import KVCache
 from refengine.model.llama import ForwardBatch, LlamaModel
 from refengine.model.weights import ModelWeights
 from refengine.parallel import messages
-from refengine.parallel.plan import TensorParallelError, make_plan
-from refengine.parallel.shard import group_size_of, shard_weights
+from refengine.parallel.plan import TensorParallelError, TPPlan
+from refengine.parallel.shard import shard_weights
 from refengine.parallel.worker import WorkerArgs, worker_main
 
 POLL_S = 0.5          # how often rank 0 checks that a loading worker is still alive
@@ -106,12 +105,12 @@ def stop_workers(workers: list[Worker]) -> None:
 
 
 class TensorParallelModel:
-    """`weights` split over tp ranks: rank 0 here, ranks 1.. in worker processes that load `spec` themselves.
+    """`weights` split over plan.tp ranks: rank 0 here, ranks 1.. in worker processes that load `spec` themselves.
+    plan: the checked split of these weights (check_tp's result, as build_model passes it).
     ops: the CUDA backend (one GPU per rank, NCCL) or the NumPy reference (CPU ranks, pipes)."""
 
-    def __init__(self, spec: str, cfg: ModelConfig, weights: ModelWeights, tp: int, ops, dtype=None):
-        self.cfg, self.ops, self.tp = cfg, ops, tp
-        self.plan = make_plan(cfg, tp, group_size_of(weights))
+    def __init__(self, spec: str, plan: TPPlan, weights: ModelWeights, ops, dtype=None):
+        self.plan, self.cfg, self.ops, self.tp = plan, plan.cfg, ops, plan.tp
         self.dtype = np.dtype(dtype if dtype is not None else ops.DEFAULT_DTYPE)
         gpu = ops.xp is not np
         env, unique_id = {}, None
@@ -120,11 +119,11 @@ class TensorParallelModel:
             env = dict(NCCL_ENV)
             os.environ.update(env)                  # rank 0 is an NCCL rank too: set before its first NCCL call
             unique_id = new_unique_id()
-        self.workers = start_workers(spec, tp, "cupy" if gpu else "numpy", self.dtype, unique_id, env)
+        self.workers = start_workers(spec, self.tp, "cupy" if gpu else "numpy", self.dtype, unique_id, env)
         self._finalizer = weakref.finalize(self, stop_workers, self.workers)
         try:
             self.local = LlamaModel(self.plan.local_config(), shard_weights(weights, self.plan, 0), ops, self.dtype)
-            wait_ready(self.workers, tp)
+            wait_ready(self.workers, self.tp)
             self.local.comm = self._join_comm(gpu, unique_id)
         except BaseException:
             self.close()

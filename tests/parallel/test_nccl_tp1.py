@@ -15,6 +15,7 @@ from refengine.engine.kv_cache import KVCache  # noqa: E402
 from refengine.model.llama import LlamaModel  # noqa: E402
 from refengine.ops import cuda  # noqa: E402
 from refengine.parallel.nccl import NcclComm  # noqa: E402
+from refengine.parallel.plan import make_plan  # noqa: E402
 from refengine.parallel.runtime import TensorParallelModel  # noqa: E402
 from tests.kernels.model_cases import random_weights  # noqa: E402
 from tests.parallel.tp_cases import BLOCK, steps  # noqa: E402
@@ -26,7 +27,7 @@ def test_tp1_through_nccl_equals_the_plain_model(group_size):
     cfg = config()
     weights = random_weights(cfg, seed=0, group_size=group_size)
     plain = LlamaModel(cfg, weights, cuda)
-    tp1 = TensorParallelModel("(no worker is started at tp 1)", cfg, weights, 1, cuda)
+    tp1 = TensorParallelModel("(no worker is started at tp 1)", make_plan(cfg, 1), weights, cuda)
     try:
         assert isinstance(tp1.local.comm, NcclComm) and tp1.local.comm.comm.size() == 1 and not tp1.workers
         kv_plain = KVCache.allocate(cfg, 8, BLOCK, dtype=plain.dtype, xp=cp)
@@ -47,7 +48,7 @@ def test_tp1_through_nccl_generates_like_the_plain_model():
     weights = random_weights(cfg, seed=1)
     ps = prompts(cfg.vocab_size)
     want = greedy_tokens(LlamaModel(cfg, weights, cuda), ps)
-    tp1 = TensorParallelModel("(no worker is started at tp 1)", cfg, weights, 1, cuda)
+    tp1 = TensorParallelModel("(no worker is started at tp 1)", make_plan(cfg, 1), weights, cuda)
     try:
         got = greedy_tokens(tp1, ps)
     finally:

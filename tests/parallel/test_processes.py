@@ -6,7 +6,7 @@ import pytest
 
 from refengine.model.loader import load_model
 from refengine.ops import reference
-from refengine.parallel import TensorParallelError, build_model
+from refengine.parallel import TensorParallelError, build_model, make_plan
 from refengine.parallel.runtime import TensorParallelModel
 from tests.hf_models import make_tiny_model
 from tests.parallel.tp_cases import BLOCK, generations, run_steps, tp1_logits
@@ -38,7 +38,7 @@ def test_cpu_ranks_in_processes_equal_tp1(checkpoint):
 def test_a_worker_that_cannot_load_is_one_line(checkpoint):
     _, loaded = checkpoint
     with pytest.raises(TensorParallelError) as info:
-        TensorParallelModel("no/such/dir/anywhere", loaded.config, loaded.weights, 2, reference)
+        TensorParallelModel("no/such/dir/anywhere", make_plan(loaded.config, 2), loaded.weights, reference)
     message = str(info.value)
     assert message.startswith("--tp 2: rank 1 could not load the model") and "\n" not in message, message
 
