@@ -281,9 +281,14 @@ def main(argv=None) -> int:
 
 
 def load_vocab_size(model: str) -> int:
+    """The vocabulary the random prompts draw from, read from the model's config alone: the weights are
+    loaded once by each side (transformers in run_transformers, refengine in run_refengine)."""
     if model in ("demo", "default"):
-        from refengine.model.loader import load_model
-        return load_model(model).config.vocab_size
+        from refengine.model.demo import demo_gguf_path
+        from refengine.model.gguf import GGUFMetadata, config_from_gguf, open_gguf
+        path = demo_gguf_path()
+        reader = open_gguf(path)            # memory-mapped: only the metadata and tensor table are read
+        return config_from_gguf(GGUFMetadata(reader, path), {t.name: t for t in reader.tensors}).vocab_size
     import json
     return int(json.loads((Path(model) / "config.json").read_text())["vocab_size"])
 

@@ -6,7 +6,7 @@ so transformers (and refengine's own HF loader) can run exactly the weights of a
       model.safetensors.index.json             weight_map: tensor -> shard
       model-00000-of-NNNNN.safetensors         embed_tokens, norm, lm_head
       model-0000i-of-NNNNN.safetensors         block i-1 (q/k/v/o, gate/up/down, the two norms)
-      tokenizer.json, tokenizer_config.json, generation_config.json
+      tokenizer.json, tokenizer_config.json, generation_config.json   copied from the workspace's tokenizer/
 
 The fused qkv [q heads | k heads | v heads] and gate_up [gate | up] split back by rows: views, no copies.
 int4 linears are dequantized ((q − zero) · scale, then float16) in row chunks: the HF directory then holds
@@ -15,6 +15,8 @@ the function the int4 workspace computes, as float16 weights.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,16 +85,20 @@ class HFWriter:
             p + "mlp.up_proj.weight": gate_up[c.intermediate_size:],
             p + "mlp.down_proj.weight": dense_float16(layer.down)})
 
-    def finish(self, tokenizer) -> None:
-        """The index, config.json and the tokenizer files (transformers' names)."""
+    def finish(self, tokenizer, tokenizer_dir: Path) -> None:
+        """The index, config.json, and the tokenizer files: those WorkspaceWriter.write_tokenizer already
+        wrote into the workspace's `tokenizer_dir` (transformers' names and formats), copied as they are."""
         _write_json(self.root / "model.safetensors.index.json",
                     {"metadata": {"total_size": self.total_bytes}, "weight_map": self.weight_map})
         _write_json(self.root / "config.json", hf_config(self.cfg, tokenizer.bos_token_id, tokenizer.eos_token_id))
-        tokenizer.backend.save(str(self.root / "tokenizer.json"))
-        _write_json(self.root / "tokenizer_config.json",
-                    {**tokenizer.special_tokens, "add_bos_token": bool(tokenizer.add_bos),
-                     "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                     "model_max_length": self.cfg.max_position_embeddings})
-        _write_json(self.root / "generation_config.json",
-                    {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id})
+        for src in sorted(p for p in Path(tokenizer_dir).iterdir() if p.is_file()):
+            _copy_synced(src, self.root / src.name)
+
+
+def _copy_synced(src: Path, dst: Path) -> None:
+    """Copy a file, on disk before the directory is renamed into place (as every other file here)."""
+    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+        shutil.copyfileobj(f_in, f_out)
+        f_out.flush()
+        os.fsync(f_out.fileno())
 
