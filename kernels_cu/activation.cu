@@ -28,6 +28,7 @@ __device__ void silu_and_mul_v1(const T* __restrict__ gate_up, T* __restrict__ o
 
 __device__ void silu_and_mul_v2(const half_t* __restrict__ gate_up, half_t* __restrict__ out, int num_tokens,
                                 int inter) {
+    pdl_enter();
     const int vecs = inter / 8;                                       // 8-wide vectors per output row
     const i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x;        // e in [0, T·I/8)
     if (e >= (i64)num_tokens * vecs) return;

@@ -47,6 +47,7 @@ __device__ void decode_v2(const half_t* __restrict__ q, int ldq, const half_t* _
                           const i64* __restrict__ ctx_lens, const i64* __restrict__ cu, half_t* __restrict__ out,
                           float* __restrict__ part_ml, float* __restrict__ part_acc, int* __restrict__ counters,
                           int heads, int kv_heads, int block_size, float scale_log2) {
+    pdl_enter();
     constexpr int LPK = D / 8;                 // lanes per key
     constexpr int KPW = 32 / LPK;              // keys per warp at once
     constexpr int NSG = 4 * KPW;               // sub-groups (keys at once) per block

@@ -52,6 +52,29 @@ __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
 // read-only 16-byte load through the non-coherent (texture) path
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
+// ---------------------------------------------------------------- programmatic dependent launch (sm_90+)
+//
+// Inside captured decode graphs, refengine/ops/pdl.py may launch a kernel while the one before it in the
+// stream is still running (its launch site says pdl_ready). Such a kernel must call pdl_wait() before it
+// reads or writes any memory another kernel writes (activations, the KV cache, its own outputs); only
+// constant weights may be read before. pdl_launch_dependents() lets the next kernel's blocks launch.
+// Without the launch attribute, and below sm_90, both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// the first statement of a kernel that prefetches nothing
+__device__ __forceinline__ void pdl_enter() {
+    pdl_wait();
+    pdl_launch_dependents();
+}
+
 // ---------------------------------------------------------------- reductions
 
 __device__ __forceinline__ float warp_sum(float v) {

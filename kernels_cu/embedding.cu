@@ -31,6 +31,7 @@ __device__ void embedding_v1(const i64* __restrict__ ids, const T* __restrict__ 
 // vecs = hidden·sizeof(T) / 16 sixteen-byte vectors per row
 __device__ void embedding_v2(const i64* __restrict__ ids, const uint4* __restrict__ table, uint4* __restrict__ out,
                              int vecs, int vocab) {
+    pdl_enter();
     const int t = blockIdx.x;                                         // t in [0, T)
     const i64 id = ids[t];
     const bool ok = id >= 0 && id < vocab;

@@ -42,6 +42,7 @@ __device__ void write_kv_v1(const T* __restrict__ k, int ldk, const T* __restric
 __device__ void write_kv_v2(const uint4* __restrict__ k, int ldk, const uint4* __restrict__ v, int ldv,
                             uint4* __restrict__ k_cache, uint4* __restrict__ v_cache,
                             const i64* __restrict__ slots, int num_tokens, int vecs) {
+    pdl_enter();
     const i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x;        // e in [0, T·vecs)
     if (e >= (i64)num_tokens * vecs) return;
     const int t = (int)(e / vecs), j = (int)(e % vecs);

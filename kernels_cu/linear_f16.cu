@@ -44,6 +44,7 @@ __device__ void linear_v1(const T* __restrict__ x, int ldx, const T* __restrict_
 template <typename OutT>
 __device__ void linear_v2(const half_t* __restrict__ x, int ldx, const half_t* __restrict__ w,
                           const half_t* __restrict__ bias, OutT* __restrict__ y, int M, int N, int K) {
+    pdl_enter();
     constexpr int MAXM = 8, UNROLL = 4;
     const int lane = threadIdx.x % 32;
     const int n = blockIdx.x * 4 + threadIdx.x / 32;                  // n in [0, N)

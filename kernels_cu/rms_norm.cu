@@ -54,6 +54,7 @@ template <bool ADD>
 __device__ void rms_norm_v2(const half_t* __restrict__ x, int ldx, const half_t* __restrict__ residual,
                             const half_t* __restrict__ weight, half_t* __restrict__ out,
                             half_t* __restrict__ res_out, int hidden, float eps) {
+    pdl_enter();
     __shared__ float scratch[33];
     const int row = blockIdx.x;                                       // row in [0, T)
     const int c0 = threadIdx.x * 8;                                   // this thread's columns [c0, c0 + 8)

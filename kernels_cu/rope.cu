@@ -33,6 +33,7 @@ template <typename T>
 __device__ void rope_v1(const T* __restrict__ x, int ldx, const i64* __restrict__ positions,
                         const float* __restrict__ inv_freq, T* __restrict__ out, int num_tokens, int heads,
                         int head_dim) {
+    pdl_enter();
     const int half = head_dim / 2;
     const i64 p = (i64)blockIdx.x * blockDim.x + threadIdx.x;        // p in [0, T·heads·D/2)
     if (p >= (i64)num_tokens * heads * half) return;
@@ -58,6 +59,7 @@ __device__ void rope_write_kv_v1(const T* __restrict__ x, int ldx, const T* __re
                                  T* __restrict__ out, T* __restrict__ k_cache, T* __restrict__ v_cache,
                                  const i64* __restrict__ slots, int num_tokens, int heads, int kv_heads,
                                  int head_dim) {
+    pdl_enter();
     const int half = head_dim / 2, all_heads = heads + kv_heads;
     const i64 p = (i64)blockIdx.x * blockDim.x + threadIdx.x;        // p in [0, T·(H + KVH)·D/2)
     if (p >= (i64)num_tokens * all_heads * half) return;

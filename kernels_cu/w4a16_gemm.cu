@@ -91,6 +91,7 @@ __global__ void __launch_bounds__(128) w4a16_v2_mt4_f16(const half_t* x, int ldx
 __global__ void __launch_bounds__(256) w4a16_v3_f16(const half_t* x, int ldx, const u32* qw, const half_t* scales,
                                                     const half_t* zeros, int group, const half_t* bias, half_t* y,
                                                     int M, int N, int K) {
+    pdl_enter();
     mma_linear<true, 1, half_t, 8, 4>(x, ldx, qw, scales, zeros, group, bias, y, M, N, K);
 }
 

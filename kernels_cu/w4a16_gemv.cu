@@ -306,6 +306,8 @@ __device__ void w4a16_gemv(const half_t* __restrict__ x, int ldx, const u32* __r
         if (d < steps) load_piece(ring[d], rows, l_rg * R, 32 * l_it + lane);
         if (++l_it == iters) { l_it = 0; ++l_rg; }
     }
+    pdl_wait();                                        // the weights above are constant; x and y are not
+    pdl_launch_dependents();
     float acc[R][MB];
 #pragma unroll
     for (int r = 0; r < R; ++r)

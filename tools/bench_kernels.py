@@ -20,6 +20,7 @@ import math
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from datetime import date
 
 import cupy as cp
@@ -29,11 +30,12 @@ from refengine.config import ModelConfig
 from refengine.engine.graphs import DecodeGraphs
 from refengine.engine.kv_cache import KVCache
 from refengine.model.llama import ForwardBatch, LlamaModel
-from refengine.ops import cuda
+from refengine.ops import cuda, pdl
 from refengine.quant.primitives import quantize_int4
 
 L2_FLUSH_BYTES = 160 << 20          # rotate inputs until the working set is this large (H100 L2: 50 MB)
 ROWS: list[dict] = []
+PDL = True                          # captured graphs use programmatic dependent launch (--no-pdl: off)
 
 
 def events_ms(fn, reps: int, stream) -> float:
@@ -48,16 +50,19 @@ def events_ms(fn, reps: int, stream) -> float:
     return statistics.median(times)
 
 
-def time_graph(calls, launches: int = 20, replays: int = 7) -> float:
-    """Median µs per call of `calls` (a list of thunks, rotated) replayed as one captured graph."""
+def time_graph(calls, launches: int = 20, replays: int = 7, programmatic: bool | None = None) -> float:
+    """Median µs per call of `calls` (a list of thunks, rotated) replayed as one captured graph. Kernels that
+    allow it overlap the one before (programmatic dependent launch, as in the decode graphs) unless
+    programmatic=False or --no-pdl."""
     stream, pool = cp.cuda.Stream(non_blocking=False), cp.cuda.MemoryPool()
     with cp.cuda.using_allocator(pool.malloc), stream:
         for c in calls:
             c()                                        # compile + warm up outside the capture
         stream.synchronize()
         stream.begin_capture()
-        for j in range(launches):
-            calls[j % len(calls)]()
+        with pdl.programmatic_launches() if (PDL if programmatic is None else programmatic) else nullcontext():
+            for j in range(launches):
+                calls[j % len(calls)]()
         graph = stream.end_capture()
         graph.launch(stream)
         ms = events_ms(lambda: graph.launch(stream), replays, stream)
@@ -175,6 +180,9 @@ def bench_w4a16(c, quick, gemm=True):
                 fn = functools.partial(cuda.VERSIONS["linear_w4a16"][v.split()[0]], **kw)
             us = time_graph([lambda s=s: fn(x, *s, g) for s in sets], launches=20 if v != "v1" else 4)
             record("w4a16 GEMV", v, f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
+            if v in ("v7", "v8") and PDL:                     # what the overlap of consecutive launches gives
+                us = time_graph([lambda s=s: fn(x, *s, g) for s in sets], programmatic=False)
+                record("w4a16 GEMV", f"{v} no PDL", f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
         if K == 11008:                                       # the MLP's down projection with silu_and_mul
             gu = cp.asarray(rng.standard_normal((1, 2 * K)).astype(np.float16))
             for v in ("v5", "unfused", "v3", "v7"):
@@ -333,7 +341,7 @@ def default_model(group_size):
     return cfg, LlamaModel(cfg, random_weights(cfg, 0, group_size), cuda)
 
 
-def decode_speed(group_size, steps: int, graphs: bool, profile: bool = False) -> dict:
+def decode_speed(group_size, steps: int, graphs: bool, profile: bool = False, programmatic: bool = True) -> dict:
     """Batch-1 greedy decode of the default-model-shaped model: tokens/s of the whole step (fill, replay,
     argmax, read the id) and, with graphs, the GPU time of one replay alone."""
     cfg, model = default_model(group_size)
@@ -343,7 +351,7 @@ def decode_speed(group_size, steps: int, graphs: bool, profile: bool = False) ->
     table = np.arange(nblk, dtype=np.int32)
     logits = model.forward(ForwardBatch.single(prompt, 0, table, BS), kv)
     token = int(cp.argmax(logits[0]))
-    runner = DecodeGraphs(model, kv, nblk) if graphs else None
+    runner = DecodeGraphs(model, kv, nblk, programmatic=programmatic and PDL) if graphs else None
     greedy = lambda lg: int(cuda.argmax_rows(lg).get()[0])
     pos, t0 = len(prompt), None
 
@@ -475,6 +483,10 @@ def bench_model(c, quick):
             out[key] = r["tokens_per_s"]
             extra = f" (one replay alone: {r['replay_us']:.0f} us)" if "replay_us" in r else ""
             print(f"default-model-shaped decode, batch 1, {key}: {r['tokens_per_s']:.0f} tokens/s{extra}", flush=True)
+    for name, g in (("fp16", None), ("W4A16 g64", 64)):                  # what programmatic launch gives
+        key = f"{name}, CUDA graphs, no PDL"
+        out[key] = decode_speed(g, steps, True, programmatic=False)["tokens_per_s"]
+        print(f"default-model-shaped decode, batch 1, {key}: {out[key]:.0f} tokens/s", flush=True)
     out.update(engine_speed(steps))
     if not quick:
         return out
@@ -495,7 +507,11 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--only", default=None,
                     help="comma list of: w4a16,w4a16gemv (its M <= 8 part),linear,attention,prefill,elementwise,model")
+    ap.add_argument("--no-pdl", action="store_true",
+                    help="capture without programmatic dependent launch (each kernel waits for the one before)")
     args = ap.parse_args()
+    global PDL
+    PDL = not args.no_pdl
     only = set(args.only.split(",")) if args.only else None
     c = ceilings()
     for name, fn in (("w4a16", bench_w4a16), ("w4a16gemv", functools.partial(bench_w4a16, gemm=False)),

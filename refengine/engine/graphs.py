@@ -64,9 +64,10 @@ def _layout(bucket: int, width: int) -> dict[str, tuple[int, int]]:
 class DecodeGraphs:
     """Captured decode steps of `model` over the KV cache `kv`, one per bucket, made on first use."""
 
-    def __init__(self, model, kv, max_blocks_per_seq: int, max_batch: int = 256):
+    def __init__(self, model, kv, max_blocks_per_seq: int, max_batch: int = 256, programmatic: bool = True):
         import cupy as cp
         self.cp = cp
+        self.programmatic = programmatic        # programmatic dependent launch inside the graphs (ops/pdl.py)
         self.model, self.kv = model, kv
         self.width = max(1, max_blocks_per_seq)
         self.buckets = [b for b in BUCKETS if b <= max_batch] or [1]
@@ -132,6 +133,8 @@ class DecodeGraphs:
 
     def _capture(self, bucket: int) -> _Captured:
         import cupyx
+
+        from refengine.ops import pdl
         cp = self.cp
         total = sum(n for _, n in _layout(bucket, self.width).values())
         host = cupyx.empty_pinned((total,), dtype=np.int64)
@@ -145,7 +148,8 @@ class DecodeGraphs:
             self.stream.synchronize()
             self.stream.begin_capture()
             try:
-                logits = self.model.forward(batch, self.kv)
+                with pdl.programmatic_launches(self.programmatic):   # kernels may overlap the one before
+                    logits = self.model.forward(batch, self.kv)
             finally:
                 graph = self.stream.end_capture()
         copied = cp.cuda.Event(disable_timing=True)

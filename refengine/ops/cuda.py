@@ -32,7 +32,7 @@ import cupy as cp
 import numpy as np
 
 from refengine.errors import RefengineError
-from refengine.ops import loader
+from refengine.ops import loader, pdl
 from refengine.ops import reference as _ref
 from refengine.quant.primitives import GROUP_SIZES, Int4Weight
 
@@ -168,8 +168,18 @@ def _aligned16(*arrays_and_strides) -> bool:
     return True
 
 
-def _launch(file: str, kernel: str, grid, block, args, shared_mem: int = 0) -> None:
-    _fn(file, kernel)(tuple(int(g) for g in grid), tuple(int(b) for b in block), args, shared_mem=shared_mem)
+def _call(fn, grid, block, args, shared_mem: int = 0, pdl_ready: bool = False) -> None:
+    """Launch `fn` on the current stream. pdl_ready: the kernel calls pdl_wait() before touching memory other
+    kernels write, so inside pdl.programmatic_launches() (graph captures) it may overlap the kernel before it."""
+    grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
+    if pdl_ready and pdl.active():
+        pdl.launch(fn, grid, block, args, shared_mem)
+    else:
+        fn(grid, block, args, shared_mem=shared_mem)
+
+
+def _launch(file: str, kernel: str, grid, block, args, shared_mem: int = 0, pdl_ready: bool = False) -> None:
+    _call(_fn(file, kernel), grid, block, args, shared_mem, pdl_ready)
 
 
 # ---------------------------------------------------------------- embedding
@@ -205,7 +215,7 @@ def _embedding_v2(ids, table):
     out = cp.empty((T, H), table.dtype)
     if T:
         _launch("embedding.cu", "embedding_v2_any", (T,), (min(256, _cdiv(vecs, 32) * 32),),
-                (ids, table, out, _i32(vecs), _i32(V)))
+                (ids, table, out, _i32(vecs), _i32(V)), pdl_ready=True)
     return out
 
 
@@ -274,12 +284,12 @@ def _norm_v2(x, weight, eps, residual=None):
     if residual is None:
         if T:
             _launch("rms_norm.cu", "rms_norm_v2_f16", (T,), block,
-                    (x, _i32(ldx), weight, out, _i32(H), np.float32(eps)))
+                    (x, _i32(ldx), weight, out, _i32(H), np.float32(eps)), pdl_ready=True)
         return out
     res_out = cp.empty((T, H), x.dtype)
     if T:
         _launch("rms_norm.cu", "add_rms_norm_v2_f16", (T,), block,
-                (x, _i32(ldx), residual, weight, out, res_out, _i32(H), np.float32(eps)))
+                (x, _i32(ldx), residual, weight, out, res_out, _i32(H), np.float32(eps)), pdl_ready=True)
     return out, res_out
 
 
@@ -319,7 +329,7 @@ def _silu_v2(gate_up):
     out = cp.empty((T, I), gate_up.dtype)
     if T * I:
         _launch("activation.cu", "silu_and_mul_v2_f16", (_cdiv(T * I // 8, 256),), (256,),
-                (gate_up, out, _i32(T), _i32(I)))
+                (gate_up, out, _i32(T), _i32(I)), pdl_ready=True)
     return out
 
 
@@ -379,7 +389,7 @@ def _linear_kernel(version: str, x, weight, bias, out_dtype):
     if version == "v1":
         _launch("linear_f16.cu", f"linear_v1_{sfx}", (_cdiv(N, 128), M), (128,), args)
     elif version == "v2":
-        _launch("linear_f16.cu", f"linear_v2_{sfx}", (_cdiv(N, 4),), (128,), args)
+        _launch("linear_f16.cu", f"linear_v2_{sfx}", (_cdiv(N, 4),), (128,), args, pdl_ready=True)
     else:
         mt = 1 if M <= SMALL_M else 4
         _launch("linear_f16.cu", f"linear_v3_mt{mt}_{sfx}", (_cdiv(N, 16), _cdiv(M, 8 * mt)), (128,), args)
@@ -491,7 +501,7 @@ def _w4a16_v3(x, qweight, scales, zeros, group_size, bias=None):
     if M and N:
         _launch("w4a16_gemm.cu", "w4a16_v3_f16", (_cdiv(N, 16),), (256,),
                 (x, _i32(ldx), qweight, scales, zeros, _i32(group_size), NULL if bias is None else bias, y,
-                 _i32(M), _i32(N), _i32(K)))
+                 _i32(M), _i32(N), _i32(K)), pdl_ready=True)
     return y
 
 
@@ -720,7 +730,7 @@ def _w4a16_v7_launch(prefix, x, ldx, qweight, scales, zeros, group_size, bias, M
     if M and N:
         _launch("w4a16_gemv.cu", kernel, (w4a16_v7_blocks(kernel, N, R),), (128,),
                 (x, _i32(ldx), qweight, scales, zeros, _i32(group_size), NULL if bias is None else bias, y,
-                 _i32(M), _i32(N), _i32(K)))
+                 _i32(M), _i32(N), _i32(K)), pdl_ready=True)
     return y
 
 
@@ -891,7 +901,7 @@ def _rope_v1(x, positions, inv_freq):
     if n:
         _launch("rope.cu", f"rope_v1_{SUFFIX[x.dtype]}", (_cdiv(n, 256),), (256,),
                 (x, _i32(_row_stride(x, "rotary_embedding", "x")), positions, inv_freq, out, _i32(T), _i32(heads),
-                 _i32(D)))
+                 _i32(D)), pdl_ready=True)
     return out
 
 
@@ -939,7 +949,7 @@ def _rope_write_kv_v1(qk, v, positions, inv_freq, k_cache, v_cache, slot_mapping
         _launch("rope.cu", f"rope_write_kv_v1_{SUFFIX[qk.dtype]}", (_cdiv(n, 256),), (256,),
                 (qk, _i32(_row_stride(qk, "rotary_embedding_write_kv", "qk")), v,
                  _i32(_row_stride(v, "rotary_embedding_write_kv", "v")), positions, inv_freq, out, k_cache, v_cache,
-                 slots, _i32(T), _i32(all_heads - KVH), _i32(KVH), _i32(D)))
+                 slots, _i32(T), _i32(all_heads - KVH), _i32(KVH), _i32(D)), pdl_ready=True)
     return out
 
 
@@ -1005,7 +1015,7 @@ def _write_kv_v2(k, v, k_cache, v_cache, slot_mapping):
     vecs = row_bytes // 16
     if T:
         _launch("kv_cache.cu", "write_kv_cache_v2_any", (_cdiv(T * vecs, 256),), (256,),
-                (k, _i32(ldk // 16), v, _i32(ldv // 16), k_cache, v_cache, slots, _i32(T), _i32(vecs)))
+                (k, _i32(ldk // 16), v, _i32(ldv // 16), k_cache, v_cache, slots, _i32(T), _i32(vecs)), pdl_ready=True)
 
 
 DEFAULTS["write_kv_cache"] = ("v2", "v1")
@@ -1207,7 +1217,7 @@ def _decode_v2(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, sc
         part_ml = part_acc = counters = NULL
     _launch("attention_decode.cu", f"attention_decode_v2_d{D}_g{maxg}", (S, KVH, B), (128,),
             (q, _i32(ldq), k_cache, v_cache, tables, _i32(tables.shape[1]), ctx, cu, out, part_ml, part_acc, counters,
-             _i32(H), _i32(KVH), _i32(BS), np.float32(scale * math.log2(math.e))))
+             _i32(H), _i32(KVH), _i32(BS), np.float32(scale * math.log2(math.e))), pdl_ready=True)
     return out
 
 

@@ -135,28 +135,24 @@ def test_w4a16_v8_configs(M, K, N, g):
 
 
 def test_w4a16_v8_large_activations():
-    """x up to ±1000 (an outlier channel after the MLP's activation) with |q − zero| = 15 weights: a float16 partial
-    of 4 products stays finite, and the result matches the float32 reference."""
+    """x with ±1000 outliers (as after the MLP's activation) against the float32 reference, within the bound
+    of v8's arithmetic: each float16 partial adds 4 products with 4 roundings of 2^-11, so
+    |got − want| <= 2^-9 · Σ|x·w| + 2^-10 · |want| (the output's own rounding). The fixed tolerance table
+    does not apply here: with outliers Σ|x·w| is far larger than |want| where the products cancel."""
+    from refengine.quant.primitives import dequantize_int4
     rng, seed = fresh_rng()
     K, N, g = 512, 64, 128
     x = randn(rng, (1, K), np.float16)
     x[0, rng.choice(K, 8, replace=False)] = np.float16(1000) * rng.choice([-1, 1], 8).astype(np.float16)
     w = quantize_int4(randn(rng, (N, K), np.float32, 1 / np.sqrt(K)), g)
     got = run_v7(cp.asarray(x), *(cp.asarray(a) for a in (w.qweight, w.scales, w.zeros)), g, None, version="v8")
-    assert np.isfinite(got.get()).all(), f"seed {seed}"
-    want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g)
-    assert_close(got, want, "linear_w4a16", "float16", f"v8 outliers seed {seed}")
-
-
-def test_w4a16_v7_refuses():
-    """More than 8 rows, or rows that are not 16-byte aligned: Unsupported (the registry moves on)."""
-    rng, _ = fresh_rng()
-    _, _, _, (xd, qd, sd, zd), _ = make(rng, 9, 256, 40, 32, False)
-    assert run_version("linear_w4a16", "v7", xd, qd, sd, zd, 32, None) is None
-    odd = cp.zeros((2, 256 + 1), cp.float16)[:, 1:]
-    odd[...] = xd[:2]
-    assert run_version("linear_w4a16", "v7", odd, qd, sd, zd, 32, None) is None
-    assert run_version("linear_w4a16", "v3", odd, qd, sd, zd, 32, None) is None          # what falls to v2 / v1
+    got = got.get().astype(np.float32)
+    want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g).astype(np.float32)
+    mass = np.abs(x.astype(np.float32)) @ np.abs(dequantize_int4(w).astype(np.float32)).T
+    bound = mass / 512 + np.abs(want) / 1024
+    assert np.isfinite(got).all(), f"seed {seed}"
+    worst = float((np.abs(got - want) / bound).max())
+    assert worst <= 1, f"error {worst:.2f}× the bound, seed {seed}"
 
 
 @pytest.mark.parametrize("g", [32, 128])
