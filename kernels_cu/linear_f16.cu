@@ -44,23 +44,27 @@ __device__ void linear_v1(const T* __restrict__ x, int ldx, const T* __restrict_
 template <typename OutT>
 __device__ void linear_v2(const half_t* __restrict__ x, int ldx, const half_t* __restrict__ w,
                           const half_t* __restrict__ bias, OutT* __restrict__ y, int M, int N, int K) {
-    pdl_enter();
     constexpr int MAXM = 8, UNROLL = 4;
     const int lane = threadIdx.x % 32;
-    const int n = blockIdx.x * 4 + threadIdx.x / 32;                  // n in [0, N)
-    if (n >= N) return;                                               // whole warp leaves together
+    const int n = min(blockIdx.x * 4 + threadIdx.x / 32, N - 1);      // n in [0, N); warps past N redo row N − 1
     const half_t* wr = w + (i64)n * K;
     const int vecs = K / 8;                                           // 16-byte vectors per row
+    uint4 wv[UNROLL];
+    auto load_weights = [&](int v0) {                                 // loads first, then arithmetic
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int v = v0 + 32 * u;
+            wv[u] = v < vecs ? ldg16(wr + 8 * v) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    load_weights(lane);                                               // constant: before the wait
+    pdl_enter();
+    if (blockIdx.x * 4 + threadIdx.x / 32 >= N) return;               // whole warp leaves together
     float acc[MAXM];
 #pragma unroll
     for (int m = 0; m < MAXM; ++m) acc[m] = 0.f;
     for (int v0 = lane; v0 < vecs; v0 += 32 * UNROLL) {
-        uint4 wv[UNROLL];
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {                            // loads first, then arithmetic
-            const int v = v0 + 32 * u;
-            wv[u] = v < vecs ? ldg16(wr + 8 * v) : make_uint4(0, 0, 0, 0);
-        }
+        if (v0 != lane) load_weights(v0);
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int v = v0 + 32 * u;

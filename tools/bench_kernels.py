@@ -155,8 +155,8 @@ def time_eager_gpu(call, launches: int = 20, replays: int = 5) -> float:
 
 def v8_tune(M: int) -> list:
     """(label, kwargs) of the compiled v8 tuning points for M rows."""
-    return [(f"v8 R{r} D{d} PW{pw}", dict(config=(r, d, pw))) for mb, r, d, pw in cuda.W4A16_V8_TUNE
-            if mb == cuda.w4a16_v7_mb(M)]
+    return [(f"v8 R{r} D{d} PW{pw}" + "".join(f" {e}" for e in extra), dict(config=(r, d, pw, *extra)))
+            for mb, r, d, pw, *extra in cuda.W4A16_V8_TUNE if mb == cuda.w4a16_v7_mb(M)]
 
 
 def bench_w4a16(c, quick, gemm=True):
@@ -183,6 +183,17 @@ def bench_w4a16(c, quick, gemm=True):
             if v in ("v7", "v8") and PDL:                     # what the overlap of consecutive launches gives
                 us = time_graph([lambda s=s: fn(x, *s, g) for s in sets], programmatic=False)
                 record("w4a16 GEMV", f"{v} no PDL", f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
+            if v == "v8" and not quick:                      # a grid that leaves room for the next launch
+                default = cuda.W4A16_V8_SLOTS
+                for fraction in (0.75, 0.5, 0.33, 0.25):
+                    cuda.W4A16_V8_SLOTS = fraction
+                    us = time_graph([lambda s=s: fn(x, *s, g) for s in sets])
+                    record("w4a16 GEMV", f"v8 slots×{fraction}", f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
+                    for extra in ("late",):
+                        us = time_graph([lambda s=s: fn(x, *s, g, config=(2, 4, 1, extra)) for s in sets])
+                        record("w4a16 GEMV", f"v8 slots×{fraction} {extra}", f"M=1 N={N} K={K} g{g}", us, nbytes,
+                               ceilings=c)
+                cuda.W4A16_V8_SLOTS = default
         if K == 11008:                                       # the MLP's down projection with silu_and_mul
             gu = cp.asarray(rng.standard_normal((1, 2 * K)).astype(np.float16))
             for v in ("v5", "unfused", "v3", "v7"):
@@ -233,7 +244,9 @@ def bench_w4a16(c, quick, gemm=True):
 
 
 def bench_linear(c, quick):
-    for M, N, K in ((1, 4096, 4096), (1, 22016, 4096), (1, 49152, 576), (16, 4096, 4096)):
+    shapes = ((1, 4096, 4096), (1, 12288, 4096), (1, 22016, 4096), (1, 4096, 11008), (1, 32000, 4096),
+              (1, 49152, 576), (16, 4096, 4096))                # the llama2-7b decode GEMVs, the default LM head
+    for M, N, K in shapes if not quick else shapes[:1] + shapes[2:3] + shapes[5:]:
         rng = np.random.default_rng(0)
         nbytes = 2 * (N * K + M * K + M * N)
         x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))

@@ -698,12 +698,15 @@ def _v7_warp_slots(kernel: str, device_id: int) -> int:
     return max(1, per_sm) * 4 * _device_info(device_id)[1]
 
 
-def w4a16_v7_blocks(kernel: str, N: int, R: int) -> int:
+def w4a16_v7_blocks(kernel: str, N: int, R: int, fraction: float = 1.0) -> int:
     """Blocks of a v7 launch. Each warp takes ceil(G / slots) of the G = ceil(N / R) row groups (G / slots
     rounded up: its share when every resident warp works); then as few warps as that share allows, so that all
-    of them run the same number of row groups (±1) and none is left streaming alone at the end."""
+    of them run the same number of row groups (±1) and none is left streaming alone at the end.
+    fraction < 1 counts only that part of the resident slots, leaving the rest to the next kernel's blocks
+    (programmatic dependent launch: they load their first weights while this kernel finishes)."""
     groups = _cdiv(N, R)
-    share = _cdiv(groups, _v7_warp_slots(kernel, cp.cuda.Device().id))
+    slots = max(4, int(_v7_warp_slots(kernel, cp.cuda.Device().id) * fraction))
+    share = _cdiv(groups, slots)
     return _cdiv(_cdiv(groups, share), 4)
 
 
@@ -714,9 +717,11 @@ def _v7_ok(x, ldx, qweight, M: int, K: int) -> bool:
 
 # ---- v8: v7 with its multiply-adds on float16 pairs (HFMA2; M <= 4). (R, D, PW): PW = words of 8 weights whose
 # products share one float16 partial before it is added in float32 (1: at most 4 products per partial).
-W4A16_V8 = {1: (2, 2, 1), 2: (2, 2, 1), 4: (2, 2, 1)}
+W4A16_V8 = {1: (2, 4, 1), 2: (2, 2, 1), 4: (2, 2, 1)}
 W4A16_V8_MAX_MB = 4
-W4A16_V8_TUNE = ((1, 2, 2, 2), (1, 2, 2, 4), (1, 2, 4, 1), (1, 4, 2, 1), (1, 4, 2, 2), (1, 1, 4, 1))
+W4A16_V8_SLOTS = 1.0            # the part of the resident warp slots a v8 launch fills (w4a16_v7_blocks)
+W4A16_V8_TUNE = ((1, 2, 2, 1), (1, 2, 2, 2), (1, 2, 2, 4), (1, 2, 4, 2), (1, 2, 3, 1), (1, 4, 2, 1), (1, 4, 2, 2),
+                 (1, 1, 4, 1), (1, 2, 2, 1, "late"), (1, 2, 4, 1, "late"))      # "late": the next kernel may launch only after this one's last load
 _W4A16_GEMV_TABLES = {"w4a16_v7": W4A16_V7, "w4a16_silu_v7": W4A16_SILU_V7, "w4a16_v8": W4A16_V8}
 
 
@@ -724,11 +729,12 @@ def _w4a16_v7_launch(prefix, x, ldx, qweight, scales, zeros, group_size, bias, M
     """Launch w4a16_gemv.cu's `prefix`_m{MB}_r{R}_d{D}[_p{PW}]_f16; config = (R, D[, PW]) overrides the table
     (tuning)."""
     N, mb = qweight.shape[0], w4a16_v7_mb(M)
-    R, D, *pw = config or _W4A16_GEMV_TABLES[prefix][mb]
-    kernel = f"{prefix}_m{mb}_r{R}_d{D}" + "".join(f"_p{p}" for p in pw) + "_f16"
+    R, D, *rest = config or _W4A16_GEMV_TABLES[prefix][mb]
+    kernel = f"{prefix}_m{mb}_r{R}_d{D}" + "".join(f"_p{p}" if isinstance(p, int) else f"_{p}" for p in rest) + "_f16"
     y = cp.empty((M, N), F16)
     if M and N:
-        _launch("w4a16_gemv.cu", kernel, (w4a16_v7_blocks(kernel, N, R),), (128,),
+        fraction = W4A16_V8_SLOTS if prefix == "w4a16_v8" else 1.0
+        _launch("w4a16_gemv.cu", kernel, (w4a16_v7_blocks(kernel, N, R, fraction),), (128,),
                 (x, _i32(ldx), qweight, scales, zeros, _i32(group_size), NULL if bias is None else bias, y,
                  _i32(M), _i32(N), _i32(K)), pdl_ready=True)
     return y
