@@ -15,7 +15,10 @@
 //     v2  CUDA-core GEMV: one warp per output feature n; lanes stride the weight row in 16-byte vectors
 //         (4 loads in flight per lane) and apply each to all M <= 8 rows of x; warp-shuffle sum.
 //         float16, K % 8 == 0. M=1: 4096²: 14.8 µs (76%); 22016 × 4096: 94%; the LM head 49152 × 576: 88%;
-//         the default model's small decode GEMVs: 2.3-3.6 µs (the default there).
+//         the default model's small decode GEMVs: 2.3-3.6 µs (the default there). Its first weight loads are
+//         issued before pdl_wait (common.cuh): they overlap the kernel before in a captured decode step.
+//         Long rows lose: 4096 × 11008 69% (44.1 µs) against v3's 84% (35.8), so linear_order picks v3
+//         when K >= 2N.
 //     v3  tensor cores (mma_linear.cuh): a warp computes a 16 (n) × 8·MT (m) tile, 4 warps split K.
 //         MT = 1 for M <= 8 (decode GEMV), MT = 4 above. float16, K % 32 == 0. M=1, 4096²: 15.0 µs (75%);
 //         22016 × 4096: 92%; slower than v2 on the small decode shapes (3.6-4.8 µs).
@@ -93,6 +96,7 @@ __device__ void linear_v2(const half_t* __restrict__ x, int ldx, const half_t* _
 #define V3(MT, OUT, SUFFIX)                                                                                   \
     __global__ void __launch_bounds__(128) linear_v3_mt##MT##_##SUFFIX(                                      \
         const half_t* x, int ldx, const half_t* w, const half_t* bias, OUT* y, int M, int N, int K) {        \
+        pdl_enter();                                                                                          \
         mma_linear<false, MT, OUT>(x, ldx, w, nullptr, nullptr, 32, bias, y, M, N, K);                       \
     }
 

@@ -183,17 +183,6 @@ def bench_w4a16(c, quick, gemm=True):
             if v in ("v7", "v8") and PDL:                     # what the overlap of consecutive launches gives
                 us = time_graph([lambda s=s: fn(x, *s, g) for s in sets], programmatic=False)
                 record("w4a16 GEMV", f"{v} no PDL", f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
-            if v == "v8" and not quick:                      # a grid that leaves room for the next launch
-                default = cuda.W4A16_V8_SLOTS
-                for fraction in (0.75, 0.5, 0.33, 0.25):
-                    cuda.W4A16_V8_SLOTS = fraction
-                    us = time_graph([lambda s=s: fn(x, *s, g) for s in sets])
-                    record("w4a16 GEMV", f"v8 slots×{fraction}", f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
-                    for extra in ("late",):
-                        us = time_graph([lambda s=s: fn(x, *s, g, config=(2, 4, 1, extra)) for s in sets])
-                        record("w4a16 GEMV", f"v8 slots×{fraction} {extra}", f"M=1 N={N} K={K} g{g}", us, nbytes,
-                               ceilings=c)
-                cuda.W4A16_V8_SLOTS = default
         if K == 11008:                                       # the MLP's down projection with silu_and_mul
             gu = cp.asarray(rng.standard_normal((1, 2 * K)).astype(np.float16))
             for v in ("v5", "unfused", "v3", "v7"):

@@ -360,7 +360,12 @@ def _linear_args(op, x, weight, bias):
 def linear(x, weight, bias=None):
     """x [M, K] @ weight[N, K].T (+ bias [N]) -> [M, N] in x's dtype, float32 accumulation."""
     _linear_args("linear", x, weight, bias)
-    return _dispatch("linear", x, weight, bias)
+    for name in linear_order(x.shape[0], weight.shape[0], x.shape[1]):
+        try:
+            return VERSIONS["linear"][name](x, weight, bias)
+        except Unsupported:
+            continue
+    raise KernelInputError("linear: no kernel version takes these arguments")  # unreachable: v1 takes all
 
 
 def logits(x, weight):
@@ -392,7 +397,8 @@ def _linear_kernel(version: str, x, weight, bias, out_dtype):
         _launch("linear_f16.cu", f"linear_v2_{sfx}", (_cdiv(N, 4),), (128,), args, pdl_ready=True)
     else:
         mt = 1 if M <= SMALL_M else 4
-        _launch("linear_f16.cu", f"linear_v3_mt{mt}_{sfx}", (_cdiv(N, 16), _cdiv(M, 8 * mt)), (128,), args)
+        _launch("linear_f16.cu", f"linear_v3_mt{mt}_{sfx}", (_cdiv(N, 16), _cdiv(M, 8 * mt)), (128,), args,
+                pdl_ready=True)
     return y
 
 
@@ -408,7 +414,17 @@ for _v in ("v1", "v2", "v3"):
         lambda v, x, w, b=None: _linear_kernel(v, x, w, b, x.dtype), _v)
     VERSIONS.setdefault("logits", {})[_v] = functools.partial(lambda v, x, w: _linear_kernel(v, x, w, None, F32), _v)
 VERSIONS["linear"]["cublas"] = _linear_cublas
-DEFAULTS["linear"] = ("cublas", "v2", "v3", "v1")   # v2 wins at decode shapes (docs/benchmarks.md)
+DEFAULTS["linear"] = ("cublas", "v2", "v3", "v1")   # linear_order picks the order per call
+
+
+def linear_order(M: int, N: int, K: int) -> tuple[str, ...]:
+    """The order linear tries its versions in — measured on an H100 at M = 1 (docs/benchmarks.md): v2 (a warp
+    per output) streams 79–101% of the copy rate where N >= K (4096², 12288 × 4096, 22016 × 4096, the LM
+    heads), but 69% at 4096 × 11008, where its 4096 warps each walk a long row; v3's tensor-core tiles split K
+    over 4 warps and reach 84% there. cuBLAS refuses (Unsupported) at M <= 8 and while a graph is captured."""
+    if M <= SMALL_M and K >= 2 * N:
+        return ("cublas", "v3", "v2", "v1")
+    return DEFAULTS["linear"]
 DEFAULTS["logits"] = ("v2", "v3", "v1")      # v2 streams the tall, thin LM head better (docs/benchmarks.md)
 
 
@@ -698,15 +714,13 @@ def _v7_warp_slots(kernel: str, device_id: int) -> int:
     return max(1, per_sm) * 4 * _device_info(device_id)[1]
 
 
-def w4a16_v7_blocks(kernel: str, N: int, R: int, fraction: float = 1.0) -> int:
+def w4a16_v7_blocks(kernel: str, N: int, R: int) -> int:
     """Blocks of a v7 launch. Each warp takes ceil(G / slots) of the G = ceil(N / R) row groups (G / slots
     rounded up: its share when every resident warp works); then as few warps as that share allows, so that all
-    of them run the same number of row groups (±1) and none is left streaming alone at the end.
-    fraction < 1 counts only that part of the resident slots, leaving the rest to the next kernel's blocks
-    (programmatic dependent launch: they load their first weights while this kernel finishes)."""
+    of them run the same number of row groups (±1) and none is left streaming alone at the end. (Filling only
+    part of the slots, to leave room for the next kernel's early blocks, measured slower at every fraction.)"""
     groups = _cdiv(N, R)
-    slots = max(4, int(_v7_warp_slots(kernel, cp.cuda.Device().id) * fraction))
-    share = _cdiv(groups, slots)
+    share = _cdiv(groups, _v7_warp_slots(kernel, cp.cuda.Device().id))
     return _cdiv(_cdiv(groups, share), 4)
 
 
@@ -717,10 +731,9 @@ def _v7_ok(x, ldx, qweight, M: int, K: int) -> bool:
 
 # ---- v8: v7 with its multiply-adds on float16 pairs (HFMA2; M <= 4). (R, D, PW): PW = words of 8 weights whose
 # products share one float16 partial before it is added in float32 (1: at most 4 products per partial).
-W4A16_V8 = {1: (2, 4, 1), 2: (2, 2, 1), 4: (2, 2, 1)}
+W4A16_V8 = {1: (2, 3, 1), 2: (2, 2, 1), 4: (2, 2, 1)}
 W4A16_V8_MAX_MB = 4
-W4A16_V8_SLOTS = 1.0            # the part of the resident warp slots a v8 launch fills (w4a16_v7_blocks)
-W4A16_V8_TUNE = ((1, 2, 2, 1), (1, 2, 2, 2), (1, 2, 2, 4), (1, 2, 4, 2), (1, 2, 3, 1), (1, 4, 2, 1), (1, 4, 2, 2),
+W4A16_V8_TUNE = ((1, 2, 2, 1), (1, 2, 2, 2), (1, 2, 2, 4), (1, 2, 4, 1), (1, 2, 4, 2), (1, 4, 2, 1), (1, 4, 2, 2),
                  (1, 1, 4, 1), (1, 2, 2, 1, "late"), (1, 2, 4, 1, "late"))      # "late": the next kernel may launch only after this one's last load
 _W4A16_GEMV_TABLES = {"w4a16_v7": W4A16_V7, "w4a16_silu_v7": W4A16_SILU_V7, "w4a16_v8": W4A16_V8}
 
@@ -733,8 +746,7 @@ def _w4a16_v7_launch(prefix, x, ldx, qweight, scales, zeros, group_size, bias, M
     kernel = f"{prefix}_m{mb}_r{R}_d{D}" + "".join(f"_p{p}" if isinstance(p, int) else f"_{p}" for p in rest) + "_f16"
     y = cp.empty((M, N), F16)
     if M and N:
-        fraction = W4A16_V8_SLOTS if prefix == "w4a16_v8" else 1.0
-        _launch("w4a16_gemv.cu", kernel, (w4a16_v7_blocks(kernel, N, R, fraction),), (128,),
+        _launch("w4a16_gemv.cu", kernel, (w4a16_v7_blocks(kernel, N, R),), (128,),
                 (x, _i32(ldx), qweight, scales, zeros, _i32(group_size), NULL if bias is None else bias, y,
                  _i32(M), _i32(N), _i32(K)), pdl_ready=True)
     return y

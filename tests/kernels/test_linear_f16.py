@@ -96,3 +96,19 @@ def test_silu_and_mul_linear(version, M, K, N, bias):
     if version == "v3":
         unfused = run_version("linear", "v3", cuda.silu_and_mul(args[0]), args[1], args[2])
         np.testing.assert_array_equal(got.get(), unfused.get())
+
+
+@pytest.mark.parametrize("M,N,K,first", [(1, 64, 256, "v3"), (2, 256, 64, "v2"), (8, 96, 192, "v3"), (9, 64, 256, None)])
+def test_linear_order_by_shape(M, N, K, first):
+    """A few rows: v3 (tensor cores, K split over warps) when K >= 2N, else v2; more rows: cuBLAS eagerly.
+    The op gives the bits of the version its order names first."""
+    rng, seed = fresh_rng()
+    x = cp.asarray(randn(rng, (M, K), np.float16))
+    w = cp.asarray(randn(rng, (N, K), np.float16, 1 / np.sqrt(K)))
+    order = cuda.linear_order(M, N, K)
+    if first is None:
+        assert order[0] == "cublas"
+        return
+    assert [v for v in order if v != "cublas"][0] == first
+    np.testing.assert_array_equal(cuda.linear(x, w).get(), cuda.VERSIONS["linear"][first](x, w).get(),
+                                  err_msg=f"seed {seed}")
