@@ -62,8 +62,9 @@ def _version(op: str, name: str):
     return register
 
 
-def _dispatch(op: str, *args):
-    for name in DEFAULTS[op]:
+def _dispatch(op: str, *args, order: tuple[str, ...] | None = None):
+    """The first version in `order` (default: DEFAULTS[op]) that takes the arguments."""
+    for name in order or DEFAULTS[op]:
         try:
             return VERSIONS[op][name](*args)
         except Unsupported:
@@ -360,12 +361,7 @@ def _linear_args(op, x, weight, bias):
 def linear(x, weight, bias=None):
     """x [M, K] @ weight[N, K].T (+ bias [N]) -> [M, N] in x's dtype, float32 accumulation."""
     _linear_args("linear", x, weight, bias)
-    for name in linear_order(x.shape[0], weight.shape[0], x.shape[1]):
-        try:
-            return VERSIONS["linear"][name](x, weight, bias)
-        except Unsupported:
-            continue
-    raise KernelInputError("linear: no kernel version takes these arguments")  # unreachable: v1 takes all
+    return _dispatch("linear", x, weight, bias, order=linear_order(x.shape[0], weight.shape[0], x.shape[1]))
 
 
 def logits(x, weight):
@@ -415,6 +411,7 @@ for _v in ("v1", "v2", "v3"):
     VERSIONS.setdefault("logits", {})[_v] = functools.partial(lambda v, x, w: _linear_kernel(v, x, w, None, F32), _v)
 VERSIONS["linear"]["cublas"] = _linear_cublas
 DEFAULTS["linear"] = ("cublas", "v2", "v3", "v1")   # linear_order picks the order per call
+DEFAULTS["logits"] = ("v2", "v3", "v1")      # v2 streams the tall, thin LM head better (docs/benchmarks.md)
 
 
 def linear_order(M: int, N: int, K: int) -> tuple[str, ...]:
@@ -425,7 +422,6 @@ def linear_order(M: int, N: int, K: int) -> tuple[str, ...]:
     if M <= SMALL_M and K >= 2 * N:
         return ("cublas", "v3", "v2", "v1")
     return DEFAULTS["linear"]
-DEFAULTS["logits"] = ("v2", "v3", "v1")      # v2 streams the tall, thin LM head better (docs/benchmarks.md)
 
 
 # ---------------------------------------------------------------- W4A16 linear
@@ -435,12 +431,8 @@ def linear_w4a16(x, qweight, scales, zeros, group_size: int, bias=None):
     scales / zeros [N, K/g] float16 (refengine/quant/primitives.py). The versions are tried in the order
     w4a16_order(M, N) gives (the measured rule)."""
     _w4a16_args("linear_w4a16", x, qweight, scales, zeros, group_size, bias)
-    for name in w4a16_order(x.shape[0], qweight.shape[0]):
-        try:
-            return VERSIONS["linear_w4a16"][name](x, qweight, scales, zeros, group_size, bias)
-        except Unsupported:
-            continue
-    raise KernelInputError("linear_w4a16: no kernel version takes these arguments")   # unreachable: v1 takes all
+    return _dispatch("linear_w4a16", x, qweight, scales, zeros, group_size, bias,
+                     order=w4a16_order(x.shape[0], qweight.shape[0]))
 
 
 def _w4a16_args(op, x, qweight, scales, zeros, group_size, bias):
