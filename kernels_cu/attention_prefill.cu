@@ -177,27 +177,6 @@ __device__ void prefill_v2(const half_t* __restrict__ q, int ldq, const half_t* 
 
 extern __shared__ __align__(128) unsigned char v3_smem[];
 
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-// 16 bytes global -> shared, bypassing L1; bytes < 16 zero-fills the rest (0: nothing is read)
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, int bytes) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-#endif
-}
 // four 8×8 float16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, register i receives it
 __device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
 #if __CUDA_ARCH__ >= 800
@@ -385,7 +364,7 @@ __device__ void prefill_v3(const half_t* __restrict__ q, int ldq, const half_t* 
     if (num_tiles > 0) issue_kv_tile<D>(sk0, sv0, k_cache, v_cache, slot, kv_heads, kvh, r0, c);
     cp_async_commit();
     if (num_tiles > 1) tile_slots<D>(slot, table_row, V3_BN, num_keys, block_size, r0);
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();
 
     u32 qf[D / 16][4];                                                // A fragments of this warp's 16 query rows
@@ -415,7 +394,7 @@ __device__ void prefill_v3(const half_t* __restrict__ q, int ldq, const half_t* 
             softmax_tile<D>(s, o, m, l, kt + V3_BN - 1 > row_pos0, kt, row_pos0, lane, scale_log2);
             pv_tile<D>(o, s, sv0 + cur, lane);
         }
-        cp_async_wait_all();                                          // this thread's part of tile j + 1 landed
+        cp_async_wait<0>();                                          // this thread's part of tile j + 1 landed
     }
 
     const int g = lane >> 2, t = lane & 3;

@@ -47,16 +47,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], u32 a0, u32 a1, u32 a2,
 #endif
 }
 
-__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
-    u32 d;
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-}
-__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
-    u32 d;
-    asm("mul.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-}
 
 // this lane's raw weights for one chunk: rows g and g+8 of the tile
 template <bool INT4> struct RawA;

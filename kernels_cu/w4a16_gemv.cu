@@ -66,32 +66,7 @@ __device__ __forceinline__ uint4 ldg_stream16(const void* p) {
     return v;
 }
 
-__device__ __forceinline__ u32 hsub2_u32(u32 a, u32 b) {
-    u32 d;
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-}
-
-__device__ __forceinline__ u32 hadd2_u32(u32 a, u32 b) {
-    u32 d;
-    asm("add.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-}
-
-__device__ __forceinline__ u32 hmul2_u32(u32 a, u32 b) {
-    u32 d;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-}
-
 __device__ __forceinline__ float silu_mul_f(float g, float u) { return g / (1.f + expf(-g)) * u; }
-
-// (a & mask) | magic in one LOP3 (plain C gives an AND and an OR: ptxas will not fold two immediates)
-__device__ __forceinline__ u32 lop3_and_or(u32 a, u32 mask, u32 magic) {
-    u32 d;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(magic));
-    return d;
-}
 
 // one ring slot: this lane's 16-byte piece of each of the R rows, with the piece's scale and zero
 template <int R> struct W4Piece {
@@ -168,10 +143,10 @@ __device__ __forceinline__ void piece_math(const W4Piece<R>& p, const half_t* __
         for (int r = 0; r < R; ++r) {
             const u32 word = j == 0 ? p.q[r].x : j == 1 ? p.q[r].y : j == 2 ? p.q[r].z : p.q[r].w;
             const u32 t = word >> 8;
-            const u32 d0 = hsub2_u32(lop3_and_or(word, 0x000F000Fu, magic), z1[r]);
-            const u32 d1 = hsub2_u32(lop3_and_or(word, 0x00F000F0u, magic), z16[r]);
-            const u32 d2 = hsub2_u32(lop3_and_or(t, 0x000F000Fu, magic), z1[r]);
-            const u32 d3 = hsub2_u32(lop3_and_or(t, 0x00F000F0u, magic), z16[r]);
+            const u32 d0 = hsub2(lop3_and_or(word, 0x000F000Fu, magic), z1[r]);
+            const u32 d1 = hsub2(lop3_and_or(word, 0x00F000F0u, magic), z16[r]);
+            const u32 d2 = hsub2(lop3_and_or(t, 0x000F000Fu, magic), z1[r]);
+            const u32 d3 = hsub2(lop3_and_or(t, 0x00F000F0u, magic), z16[r]);
             w[r][0] = lo_half(d0); w[r][4] = hi_half(d0);
             w[r][1] = lo_half(d1); w[r][5] = hi_half(d1);
             w[r][2] = lo_half(d2); w[r][6] = hi_half(d2);
@@ -206,17 +181,6 @@ __device__ __forceinline__ void piece_math(const W4Piece<R>& p, const half_t* __
 // are added to the float32 partial after each word: a float16 partial holds at most 4 products (|q − zero|
 // <= 15, so it cannot overflow below |x| ~ 1000), rounded as float16 (relative 2^-11 of the word's partial);
 // the scale is applied in float32 once per piece. 4 PRMTs per 8 x are shared by the R rows.
-__device__ __forceinline__ u32 prmt_u32(u32 a, u32 b, u32 sel) {
-    u32 d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-    return d;
-}
-__device__ __forceinline__ u32 hfma2_u32(u32 a, u32 b, u32 c) {
-    u32 d;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-
 template <int MB, int R, int PW>
 __device__ __forceinline__ void piece_math_h2(const W4Piece<R>& p, const half_t* __restrict__ x, int ldx, int M,
                                               int K, int c, float (&acc)[R][MB]) {
@@ -225,9 +189,9 @@ __device__ __forceinline__ void piece_math_h2(const W4Piece<R>& p, const half_t*
     u32 z1[R], z64[R];                                 // (1024 + zero) and −(64 + zero), float16 pairs
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        const u32 zz = prmt_u32(p.z[r], p.z[r], 0x1010u);               // (zero, zero)
-        z1[r] = hadd2_u32(zz, magic);
-        z64[r] = hfma2_u32(zz, 0xBC00BC00u, 0xD400D400u);             // zero·(−1) − 64
+        const u32 zz = prmt(p.z[r], p.z[r], 0x1010u);               // (zero, zero)
+        z1[r] = hadd2(zz, magic);
+        z64[r] = hfma2(zz, 0xBC00BC00u, 0xD400D400u);             // zero·(−1) − 64
     }
     float part[R][MB];
     u32 h[R][MB];                                      // the float16 partials of the current PW words
@@ -242,22 +206,22 @@ __device__ __forceinline__ void piece_math_h2(const W4Piece<R>& p, const half_t*
         for (int r = 0; r < R; ++r) {
             const u32 word = j == 0 ? p.q[r].x : j == 1 ? p.q[r].y : j == 2 ? p.q[r].z : p.q[r].w;
             const u32 t = word >> 8;
-            d[r][0] = hsub2_u32(lop3_and_or(word, 0x000F000Fu, magic), z1[r]);
-            d[r][1] = hfma2_u32(lop3_and_or(word, 0x00F000F0u, magic), sixteenth, z64[r]);
-            d[r][2] = hsub2_u32(lop3_and_or(t, 0x000F000Fu, magic), z1[r]);
-            d[r][3] = hfma2_u32(lop3_and_or(t, 0x00F000F0u, magic), sixteenth, z64[r]);
+            d[r][0] = hsub2(lop3_and_or(word, 0x000F000Fu, magic), z1[r]);
+            d[r][1] = hfma2(lop3_and_or(word, 0x00F000F0u, magic), sixteenth, z64[r]);
+            d[r][2] = hsub2(lop3_and_or(t, 0x000F000Fu, magic), z1[r]);
+            d[r][3] = hfma2(lop3_and_or(t, 0x00F000F0u, magic), sixteenth, z64[r]);
         }
 #pragma unroll
         for (int m = 0; m < MB; ++m) {                 // rows m >= M repeat row M − 1 (branch-free; never written)
             const uint4 v = ldg16(x + (i64)min(m, M - 1) * ldx + 32 * c + 8 * j);
-            const u32 xp[4] = {prmt_u32(v.x, v.z, 0x5410u), prmt_u32(v.x, v.z, 0x7632u),
-                               prmt_u32(v.y, v.w, 0x5410u), prmt_u32(v.y, v.w, 0x7632u)};
+            const u32 xp[4] = {prmt(v.x, v.z, 0x5410u), prmt(v.x, v.z, 0x7632u),
+                               prmt(v.y, v.w, 0x5410u), prmt(v.y, v.w, 0x7632u)};
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                u32 a = j % PW == 0 ? hmul2_u32(d[r][0], xp[0]) : hfma2_u32(d[r][0], xp[0], h[r][m]);
-                a = hfma2_u32(d[r][1], xp[1], a);
-                a = hfma2_u32(d[r][2], xp[2], a);
-                h[r][m] = hfma2_u32(d[r][3], xp[3], a);
+                u32 a = j % PW == 0 ? hmul2(d[r][0], xp[0]) : hfma2(d[r][0], xp[0], h[r][m]);
+                a = hfma2(d[r][1], xp[1], a);
+                a = hfma2(d[r][2], xp[2], a);
+                h[r][m] = hfma2(d[r][3], xp[3], a);
                 if (j % PW == PW - 1) part[r][m] += lo_half(h[r][m]) + hi_half(h[r][m]);
             }
         }

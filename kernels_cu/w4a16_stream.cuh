@@ -57,37 +57,8 @@
 #pragma once
 #include "mma_linear.cuh"
 
-// ---------------------------------------------------------------- cp.async and ldmatrix (sm_80+)
+// ---------------------------------------------------------------- ldmatrix and mma (sm_80+; cp.async: common.cuh)
 
-__device__ __forceinline__ u32 w4_smem_addr(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-// 16 bytes, or 16 zero bytes when !ok (src-size 0: nothing is read)
-__device__ __forceinline__ void w4_cp16(u32 dst, const void* src, bool ok) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
-                 : "memory");
-#else
-    __trap();                                  // the registry never picks these versions below sm_80
-#endif
-}
-__device__ __forceinline__ void w4_cp4(u32 dst, const void* src) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src) : "memory");
-#endif
-}
-__device__ __forceinline__ void w4_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-template <int N> __device__ __forceinline__ void w4_wait() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
 // four 8×8 b16 matrices: lane l gives the address of row l % 8 of matrix l / 8; register i of lane (g, t)
 // receives 32-bit word t of row g of matrix i
 __device__ __forceinline__ void w4_ldmatrix4(u32 (&r)[4], u32 addr) {
@@ -176,7 +147,7 @@ __device__ __forceinline__ void w4_load_slab(const W4Problem& p, unsigned char* 
         const bool ok = n < p.N && k < p.K;
         const u32* src = p.qw + (ok ? n * (p.K >> 3) + (k >> 3) : 0);
         const int slot = Cfg::XFULL ? w4_wpiece(r, s) : 16 * s;
-        w4_cp16(w4_smem_addr(wsm + (cc * Cfg::BN + r) * 64 + slot), src, ok);
+        cp_async16(smem_addr(wsm + (cc * Cfg::BN + r) * 64 + slot), src, ok ? 16 : 0);
     }
     // scales (ra < BN) and zeros (ra >= BN) of row ra % BN: the halves [n·G + q0, n·G + q1) as the aligned
     // words that hold them, word wi of the row's span at S[ra][wi]; TPR threads share a row
@@ -189,7 +160,7 @@ __device__ __forceinline__ void w4_load_slab(const W4Problem& p, unsigned char* 
         const half_t* base = ra < Cfg::BN ? p.scales : p.zeros;
         for (int w = w0 + threadIdx.x % Cfg::TPR; w < wend; w += Cfg::TPR) {
             unsigned char* dst = ssm + (ra * Cfg::NWS + w - w0) * 4;
-            if (2 * w + 1 < NG) w4_cp4(w4_smem_addr(dst), base + 2 * w);
+            if (2 * w + 1 < NG) cp_async4(smem_addr(dst), base + 2 * w);
             else *reinterpret_cast<half_t*>(dst) = base[2 * w];   // the array's last half sits alone in its word
         }
     }
@@ -203,7 +174,7 @@ __device__ __forceinline__ void w4_load_slab(const W4Problem& p, unsigned char* 
             const int m = m0 + r, k = (c0 + cc) * 128 + 8 * s;
             const bool ok = m < p.M && k < p.K;
             const half_t* src = p.x + (ok ? (i64)m * p.ldx + k : 0);
-            w4_cp16(w4_smem_addr(xsm + r * Cfg::XROW + cc * 256 + w4_xpiece(s)), src, ok);
+            cp_async16(smem_addr(xsm + r * Cfg::XROW + cc * 256 + w4_xpiece(s)), src, ok ? 16 : 0);
         }
     }
 }
@@ -264,8 +235,8 @@ __device__ __forceinline__ void w4_compute_v5(const W4Problem& p, const unsigned
         const int cc = wk + Cfg::WK * u, c = j * Cfg::KC + cc;
         const int r = lane % 8, i = lane / 8;
         const unsigned char* wsm = stage + cc * Cfg::BN * 64;
-        w4_ldmatrix4(wlo[u], w4_smem_addr(wsm + r * 64 + w4_wpiece(r, i)));
-        w4_ldmatrix4(whi[u], w4_smem_addr(wsm + (r + 8) * 64 + w4_wpiece(r + 8, i)));
+        w4_ldmatrix4(wlo[u], smem_addr(wsm + r * 64 + w4_wpiece(r, i)));
+        w4_ldmatrix4(whi[u], smem_addr(wsm + (r + 8) * 64 + w4_wpiece(r + 8, i)));
         const bool ok = g < p.M && c < p.C;
         const unsigned char* xp = xf + g * p.xs + c * 256 + 16 * tl;
 #pragma unroll
@@ -503,7 +474,7 @@ __device__ void w4a16_stream(const half_t* x, int ldx, const u32* qw, const half
             w4_load_slab<Cfg>(p, w4_smem + i * Cfg::STAGE, tp, jp);
             if (++jp == p.SC) { jp = 0; ++tp; }
         }
-        w4_commit();
+        cp_async_commit();
     }
     if (Cfg::XFULL) w4_load_x_full<Cfg::ACT>(p, xf, xg, Cfg::THREADS);   // while the first slabs load
     float acc[Cfg::NA][Cfg::MB][4];
@@ -518,13 +489,13 @@ __device__ void w4a16_stream(const half_t* x, int ldx, const u32* qw, const half
     int t = s_begin / p.SC, j = s_begin - t * p.SC, piece_begin = s_begin;   // the consumer's slab
     int n0 = (t / p.Tm) * Cfg::BN;
     for (int i = 0; i < nst; ++i) {
-        w4_wait<Cfg::STAGES - 2>();                           // slab i has landed (this thread's copies) ...
+        cp_async_wait<Cfg::STAGES - 2>();                           // slab i has landed (this thread's copies) ...
         __syncthreads();                                       // ... and everyone's; slot (i - 1) is free again
         if (i + Cfg::STAGES - 1 < nst) {
             w4_load_slab<Cfg>(p, w4_smem + ((i + Cfg::STAGES - 1) % Cfg::STAGES) * Cfg::STAGE, tp, jp);
             if (++jp == p.SC) { jp = 0; ++tp; }
         }
-        w4_commit();
+        cp_async_commit();
         const unsigned char* stage = w4_smem + (i % Cfg::STAGES) * Cfg::STAGE;
         if (Cfg::XFULL) {
             if (j * Cfg::KC + wk < p.C) {                      // the warp has a chunk in this slab
@@ -546,5 +517,5 @@ __device__ void w4a16_stream(const half_t* x, int ldx, const u32* qw, const half
         }
         if (++j == p.SC) { j = 0; ++t; n0 = (t / p.Tm) * Cfg::BN; }
     }
-    w4_wait<0>();
+    cp_async_wait<0>();
 }
