@@ -85,20 +85,21 @@ def decode_series(docs: list[dict], prompt: int | None, output: int | None) -> l
 
 
 def bound_series(docs: list[dict], copy_gbps: float | None, prompt: int | None, output: int | None):
-    """(label, batches, bound tokens/s) per distinct weight type of the generation runs."""
-    seen, lines = set(), []
+    """(label, batches, bound tokens/s) per distinct weight type of the generation runs: the first run of a
+    type gives the copy rate and sizes, all runs of it the batch sizes."""
+    kinds: dict[tuple, tuple[dict, float, float, set]] = {}
     for doc in (d for d in docs if d["kind"] == "generation"):
         m = doc["meta"]
         copy = copy_gbps or m.get("copy_GBps")
-        kind = (m["weight_type"], m.get("group_size"))
-        if not copy or kind in seen:
-            continue
-        seen.add(kind)
         rows = [r for case in pick_case(doc["rows"], prompt, output).values() for r in case]
-        if not rows:
+        if not copy or not rows:
             continue
+        kind = (m["weight_type"], m.get("group_size"))
         context = rows[0]["prompt_tokens"] + rows[0]["output_tokens"] / 2
-        batches = sorted({r["batch_size"] for r in rows})
+        kinds.setdefault(kind, (m, copy, context, set()))[3].update(r["batch_size"] for r in rows)
+    lines = []
+    for m, copy, context, batch_set in kinds.values():
+        batches = sorted(batch_set)
         bound = [b * copy * 1e9 / (m["decode_weight_bytes"] + b * context * m["kv_bytes_per_token"])
                  for b in batches]
         name = m["weight_type"] + (f" g{m['group_size']}" if m.get("group_size") else "")
