@@ -1,4 +1,4 @@
-// w4a16_gemv.cu — the decode-time W4A16 GEMV on CUDA cores (linear_w4a16 v7, M <= 8 rows of x):
+// w4a16_gemv.cu — the decode-time W4A16 GEMV on CUDA cores (linear_w4a16 v7, M <= 8 rows of x; v8, M <= 4):
 //     y = x @ W.T (+ bias),  W[n, k] = (q[n, k] − zero[n, k/g]) · scale[n, k/g],  float32 accumulation.
 // Twin: refengine.ops.reference.linear_w4a16 (and reference.silu_and_mul_linear_w4a16 for the ACT variant).
 //
@@ -38,7 +38,13 @@
 // that they never evict it. For MB rows of x (the kernel handles M <= MB; MB in {1, 2, 4, 8}) each loaded
 // weight stays in registers while it is multiplied by all M rows: the weights are read once.
 //
-// Versions: this file holds linear_w4a16 v7 (v1 … v6, the rest of the ladder, are in w4a16_gemm.cu).
+// Versions: this file holds linear_w4a16 v7 and v8 (v1 … v6, the rest of the ladder, are in w4a16_gemm.cu).
+//     v8  v7's walk with the math on float16 pairs (piece_math_h2 below: ~2.7 instructions per weight instead of
+//         ~4.4), the default for M = 1. H100, g128, graphs with programmatic dependent launch (PDL, common.cuh),
+//         R = 2, D = 3: 4096²: 5.4 µs (55% of copy BW), 11008 × 4096: 11.3 µs (71%), 4096 × 11008: 10.7 µs (75%);
+//         without PDL 6.8 / 13.4 / 12.9 µs. R = 2, D = 2: 6.6 / 12.2 / 15.8 (PDL staggers its balanced grid);
+//         M = 2 equals v3 (8.3 vs 8.1 µs at 4096²), M = 4 loses (13.0 vs 8.0): v3 keeps M >= 2.
+//         The weights of the first D steps are loaded before pdl_wait(): they overlap the kernel before.
 // Measured on an H100 (g128, CUDA-graph replays, bytes = N·K/2 + scales/zeros + x + y against the 3.0 TB/s copy rate; tools/bench_kernels.py):
 //     v7  M = 1, R = 2, D = 2: 4096²: 7.45 µs (40% of copy BW; v3 8.0), 11008 × 4096: 15.7 µs (51%; R = 4:
 //         15.0, 53%; v3 18.5), 4096 × 11008: 14.9 µs (54%; v3 17.2) — the default for M = 1, short of the 70%
@@ -55,6 +61,8 @@
 //         + v3: each silu is shared by only R rows — not used.
 //
 // Launch: grid (w4a16_v7_blocks(kernel, N, R) in refengine/ops/cuda.py), block 128 (4 warps); no shared memory.
+// Both versions may be launched with programmatic dependence (refengine/ops/pdl.py): x and y are touched only
+// after pdl_wait().
 #include "common.cuh"
 
 // 16-byte streaming load: read-only path, not allocated in L1 (each weight byte is used exactly once)
