@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 from refengine.bench.errors import BenchError
+from refengine.bench.meta import decode_floor_tokens_per_s
 from refengine.bench.options import OneLineArgumentParser, run_tool
 
 
@@ -87,23 +88,21 @@ def decode_series(docs: list[dict], prompt: int | None, output: int | None) -> l
 def bound_series(docs: list[dict], copy_gbps: float | None, prompt: int | None, output: int | None):
     """(label, batches, bound tokens/s) per distinct weight type of the generation runs: the first run of a
     type gives the copy rate and sizes, all runs of it the batch sizes."""
-    kinds: dict[tuple, tuple[dict, float, float, set]] = {}
+    kinds: dict[tuple, tuple[dict, float, set]] = {}
     for doc in (d for d in docs if d["kind"] == "generation"):
-        m = doc["meta"]
-        copy = copy_gbps or m.get("copy_GBps")
+        m = {**doc["meta"], "copy_GBps": copy_gbps or doc["meta"].get("copy_GBps")}
         rows = [r for case in pick_case(doc["rows"], prompt, output).values() for r in case]
-        if not copy or not rows:
+        if not m["copy_GBps"] or not rows:
             continue
         kind = (m["weight_type"], m.get("group_size"))
         context = rows[0]["prompt_tokens"] + rows[0]["output_tokens"] / 2
-        kinds.setdefault(kind, (m, copy, context, set()))[3].update(r["batch_size"] for r in rows)
+        kinds.setdefault(kind, (m, context, set()))[2].update(r["batch_size"] for r in rows)
     lines = []
-    for m, copy, context, batch_set in kinds.values():
+    for m, context, batch_set in kinds.values():
         batches = sorted(batch_set)
-        bound = [b * copy * 1e9 / (m["decode_weight_bytes"] + b * context * m["kv_bytes_per_token"])
-                 for b in batches]
+        bound = [decode_floor_tokens_per_s(m, b, context) for b in batches]
         name = m["weight_type"] + (f" g{m['group_size']}" if m.get("group_size") else "")
-        lines.append((f"bandwidth bound, {name} ({copy:.0f} GB/s)", batches, bound))
+        lines.append((f"bandwidth bound, {name} ({m['copy_GBps']:.0f} GB/s)", batches, bound))
     return lines
 
 

@@ -5,6 +5,8 @@ Per case:
     first-token latency   submission → first token, per request: mean, p50, p90, p99 (ms)
     decode tokens/s       tokens that arrived after the last request's first token / the time from then to
                           the last token: the decoding rate with the whole batch running (prefill excluded)
+    floor, % of floor     the bandwidth bound on decode tokens/s (weights + KV read once a step at the measured
+                          copy rate; GPU only) and the share of it the decode rate reached
     output tokens/s       all output tokens / submission → last token (prefill included; LMDeploy's number)
     per-token latency     the gaps between a request's tokens: p50, p90, p99 (ms)
     peak memory           see device.py
@@ -19,6 +21,7 @@ import itertools
 from dataclasses import dataclass
 
 from refengine.bench.device import PeakMemory, is_gpu
+from refengine.bench.meta import decode_floor_tokens_per_s
 from refengine.bench.timing import RequestTiming, check_complete, latency_stats, run_requests
 from refengine.bench.workloads import BenchRequest, check_fits, fixed_requests
 from refengine.sampling_params import GenerationConfig
@@ -33,6 +36,7 @@ PEAK_MEMORY_COLUMN = ("peak_memory_gb", "peak mem GB", ".2f")
 COLUMNS = [("batch_size", "batch", "d"), ("prompt_tokens", "prompt", "d"), ("output_tokens", "output", "d"),
            *FIRST_TOKEN_COLUMNS,
            ("decode_tokens_per_s", "decode tok/s", ".1f"), ("output_tokens_per_s", "output tok/s", ".1f"),
+           ("floor_tokens_per_s", "floor tok/s", ".0f"), ("percent_of_floor", "% of floor", ".1f"),
            ("token_latency_ms_p50", "ms/token p50", ".2f"), ("token_latency_ms_p90", "p90", ".2f"),
            ("token_latency_ms_p99", "p99", ".2f"), PEAK_MEMORY_COLUMN]
 
@@ -63,6 +67,14 @@ def summarize(timings: list[RequestTiming], case: tuple[int, int, int], memory: 
            **latency_stats(timings), **memory}
     row["peak_memory_gb"] = peak_gigabytes(memory)
     return row
+
+
+def with_floor(row: dict, meta: dict) -> dict:
+    """The row with the bandwidth bound of its decode phase (meta.decode_floor_tokens_per_s at the mean context
+    while decoding, prompt + output / 2) and the share of it reached; None on the CPU."""
+    floor = decode_floor_tokens_per_s(meta, row["batch_size"], row["prompt_tokens"] + row["output_tokens"] / 2)
+    return {**row, "floor_tokens_per_s": floor,
+            "percent_of_floor": None if floor is None else 100 * row["decode_tokens_per_s"] / floor}
 
 
 def peak_gigabytes(memory: dict) -> float | None:

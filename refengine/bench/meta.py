@@ -44,6 +44,16 @@ def kv_bytes_per_token(model) -> int:
     return KVCache.bytes_per_block(model.cfg, 1, model.dtype.itemsize)
 
 
+def decode_floor_tokens_per_s(meta: dict, batch: int, context: float) -> float | None:
+    """The bandwidth bound on decode tokens/s: `batch` sequences of `context` tokens each take one step, which
+    reads the weights once and every sequence's K and V, at the measured copy rate — batch · copy ÷ (weight bytes
+    + batch · context · KV bytes per token). None without a copy rate (the CPU)."""
+    copy = meta.get("copy_GBps")
+    if not copy:
+        return None
+    return batch * copy * 1e9 / (meta["decode_weight_bytes"] + batch * context * meta["kv_bytes_per_token"])
+
+
 def weight_type(model) -> tuple[str, int | None]:
     """('int4', group size) when the linears are packed on the device, else (their dtype, None)."""
     qkv = model.weights.layers[0].qkv

@@ -80,11 +80,11 @@ def generation(model, batch_sizes, prompt_tokens, output_tokens, **kw):
     """Fixed batches: for each batch size (and prompt / output length), BATCH requests sent at once, each
     generating exactly --output-tokens tokens (ignore_eos). First-token latency, decode tokens/s, per-token
     latency, peak memory."""
-    from refengine.bench.generation import COLUMNS, GenerationOptions, run_generation
+    from refengine.bench.generation import COLUMNS, GenerationOptions, run_generation, with_floor
     _check_outputs(kw)
     opts = GenerationOptions(batch_sizes, prompt_tokens, output_tokens, kw["warmup"], kw["seed"], _sampling(kw))
     with _engine(model, kw, max(batch_sizes)) as (engine, meta):
-        rows = run_generation(engine, opts, lambda row: _progress(row, "batch_size"))
+        rows = [with_floor(row, meta) for row in run_generation(engine, opts, lambda r: _progress(r, "batch_size"))]
     _finish("generation", meta, {"cases": len(rows)}, rows, COLUMNS, kw)
 
 

@@ -11,11 +11,27 @@ import numpy as np
 import pytest
 
 from refengine.bench.errors import BenchError
-from refengine.bench.generation import summarize
+from refengine.bench.generation import summarize, with_floor
 from refengine.bench.options import parse_int_list
 from refengine.bench.report import format_table, write_csv, write_json
 from refengine.bench.timing import RequestTiming, stats
 from refengine.bench.workloads import BenchRequest, check_fits, fixed_requests, lognormal_lengths, spread_requests
+
+
+def test_bandwidth_floor():
+    """llama2-7b-like numbers: 13.2 GB of weights, 512 KB of KV a token, 3000 GB/s. Batch 1 at a mean context
+    of 192 tokens reads 13.2e9 + 192 · 524288 bytes a step; batch 64, 64 times the KV."""
+    meta = {"copy_GBps": 3000.0, "decode_weight_bytes": 13_200_000_000, "kv_bytes_per_token": 524288}
+    row = {"batch_size": 1, "prompt_tokens": 128, "output_tokens": 128, "decode_tokens_per_s": 180.0}
+    floor1 = 3000e9 / (13.2e9 + 192 * 524288)
+    got = with_floor(row, meta)
+    assert got["floor_tokens_per_s"] == pytest.approx(floor1) and got["percent_of_floor"] == pytest.approx(
+        100 * 180 / floor1)
+    got64 = with_floor({**row, "batch_size": 64}, meta)
+    assert got64["floor_tokens_per_s"] == pytest.approx(64 * 3000e9 / (13.2e9 + 64 * 192 * 524288))
+    cpu = with_floor(row, {**meta, "copy_GBps": None})
+    assert cpu["floor_tokens_per_s"] is None and cpu["percent_of_floor"] is None
+    assert "n/a" in format_table([cpu], [("percent_of_floor", "% of floor", ".1f")])
 
 
 def test_first_token_latency_and_gaps():
