@@ -687,7 +687,7 @@ def _w4a16_v6(x, qweight, scales, zeros, group_size, bias=None):
 W4A16_V7 = {1: (2, 2), 2: (2, 4), 4: (4, 2), 8: (2, 2)}
 W4A16_V7_TUNE = ((1, 2, 4), (1, 1, 8), (1, 4, 2), (4, 2, 4))  # further (MB, R, D) compiled, for tools/bench_kernels.py
 W4A16_SILU_V7 = {1: (2, 4), 2: (2, 4), 4: (2, 4), 8: (2, 2)}  # the fused-silu instantiations (not tuned: it loses)
-W4A16_V7_MAX_M = 1              # rows up to which v7 beats v3 (M = 4 and 8 measured slower, M = 2 not measured)
+W4A16_V7_MAX_M = 1              # rows up to which v8 / v7 beat v3 (v8 ties v3 at M = 2, v7 and v8 lose at M = 4)
 
 
 def w4a16_v7_mb(M: int) -> int:
@@ -765,7 +765,8 @@ def _w4a16_v8(x, qweight, scales, zeros, group_size, bias=None, config=None):
 def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     """The order linear_w4a16 tries its versions in for M rows and N outputs — the rule measured on an H100
     (docs/benchmarks.md, 4096 × 4096 and 11008 × 4096, g128):
-        M <= W4A16_V7_MAX_M             v7   (7.45 / 15.7 vs v3 8.0 / 18.5 µs at M = 1; from M = 4 its FFMAs lose)
+        M <= W4A16_V7_MAX_M             v8   (5.4 / 11.3 vs v7 7.1 / 13.9 and v3 7.6 / 18.1 µs at M = 1, graphs
+                                              with PDL; at M = 2 v8 ties v3, at M = 4 it loses: 13.0 vs 8.0)
         M <= 8                          v3   (v5 streams, but its per-slab work costs more than it saves)
         M <= 32, ceil(N / 16) <= 2·SMs  v2   (its grid is one wave: 15.4 vs v6 19.9 µs at M = 16, N = 4096)
         M <= W4A16_TC_MAX_M             v6   (29.2 vs v2 31.7 µs at M = 16, N = 11008; 28.6 vs v4 30.1 at M = 64)
