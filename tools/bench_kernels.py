@@ -155,8 +155,8 @@ def time_eager_gpu(call, launches: int = 20, replays: int = 5) -> float:
 
 def v8_tune(M: int) -> list:
     """(label, kwargs) of the compiled v8 tuning points for M rows."""
-    return [(f"v8 R{r} D{d} PW{pw}" + "".join(f" {e}" for e in extra), dict(config=(r, d, pw, *extra)))
-            for mb, r, d, pw, *extra in cuda.W4A16_V8_TUNE if mb == cuda.w4a16_v7_mb(M)]
+    return [(f"v8 R{r} D{d} PW{pw}", dict(config=(r, d, pw))) for mb, r, d, pw in cuda.W4A16_V8_TUNE
+            if mb == cuda.w4a16_v7_mb(M)]
 
 
 def bench_w4a16(c, quick, gemm=True):

@@ -169,18 +169,14 @@ def _aligned16(*arrays_and_strides) -> bool:
     return True
 
 
-def _call(fn, grid, block, args, shared_mem: int = 0, pdl_ready: bool = False) -> None:
-    """Launch `fn` on the current stream. pdl_ready: the kernel calls pdl_wait() before touching memory other
+def _launch(file: str, kernel: str, grid, block, args, shared_mem: int = 0, pdl_ready: bool = False) -> None:
+    """Launch on the current stream. pdl_ready: the kernel calls pdl_wait() before touching memory other
     kernels write, so inside pdl.programmatic_launches() (graph captures) it may overlap the kernel before it."""
-    grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
+    fn, grid, block = _fn(file, kernel), tuple(int(g) for g in grid), tuple(int(b) for b in block)
     if pdl_ready and pdl.active():
         pdl.launch(fn, grid, block, args, shared_mem)
     else:
         fn(grid, block, args, shared_mem=shared_mem)
-
-
-def _launch(file: str, kernel: str, grid, block, args, shared_mem: int = 0, pdl_ready: bool = False) -> None:
-    _call(_fn(file, kernel), grid, block, args, shared_mem, pdl_ready)
 
 
 # ---------------------------------------------------------------- embedding
@@ -726,7 +722,7 @@ def _v7_ok(x, ldx, qweight, M: int, K: int) -> bool:
 W4A16_V8 = {1: (2, 3, 1), 2: (2, 2, 1), 4: (2, 2, 1)}
 W4A16_V8_MAX_MB = 4
 W4A16_V8_TUNE = ((1, 2, 2, 1), (1, 2, 2, 2), (1, 2, 2, 4), (1, 2, 4, 1), (1, 2, 4, 2), (1, 4, 2, 1), (1, 4, 2, 2),
-                 (1, 1, 4, 1), (1, 2, 2, 1, "late"), (1, 2, 4, 1, "late"))      # "late": the next kernel may launch only after this one's last load
+                 (1, 1, 4, 1))
 _W4A16_GEMV_TABLES = {"w4a16_v7": W4A16_V7, "w4a16_silu_v7": W4A16_SILU_V7, "w4a16_v8": W4A16_V8}
 
 
@@ -734,8 +730,8 @@ def _w4a16_v7_launch(prefix, x, ldx, qweight, scales, zeros, group_size, bias, M
     """Launch w4a16_gemv.cu's `prefix`_m{MB}_r{R}_d{D}[_p{PW}]_f16; config = (R, D[, PW]) overrides the table
     (tuning)."""
     N, mb = qweight.shape[0], w4a16_v7_mb(M)
-    R, D, *rest = config or _W4A16_GEMV_TABLES[prefix][mb]
-    kernel = f"{prefix}_m{mb}_r{R}_d{D}" + "".join(f"_p{p}" if isinstance(p, int) else f"_{p}" for p in rest) + "_f16"
+    R, D, *pw = config or _W4A16_GEMV_TABLES[prefix][mb]
+    kernel = f"{prefix}_m{mb}_r{R}_d{D}" + "".join(f"_p{p}" for p in pw) + "_f16"
     y = cp.empty((M, N), F16)
     if M and N:
         _launch("w4a16_gemv.cu", kernel, (w4a16_v7_blocks(kernel, N, R),), (128,),

@@ -125,11 +125,11 @@ def test_w4a16_v8_configs(M, K, N, g):
     x, w, b, (xd, qd, sd, zd), bd = make(rng, M, K, N, g, True)
     want = ref.linear_w4a16(x, w.qweight, w.scales, w.zeros, g, b)
     default = run_v7(xd, qd, sd, zd, g, bd, version="v8")
-    for mb, R, D, PW, *extra in cuda.W4A16_V8_TUNE:
+    for mb, R, D, PW in cuda.W4A16_V8_TUNE:
         if mb != cuda.w4a16_v7_mb(M):
             continue
-        got = run_v7(xd, qd, sd, zd, g, bd, config=(R, D, PW, *extra), version="v8")
-        assert_close(got, want, "linear_w4a16", "float16", f"v8 R={R} D={D} PW={PW} {extra} seed {seed}")
+        got = run_v7(xd, qd, sd, zd, g, bd, config=(R, D, PW), version="v8")
+        assert_close(got, want, "linear_w4a16", "float16", f"v8 R={R} D={D} PW={PW} seed {seed}")
         if PW == cuda.W4A16_V8[mb][2]:
             np.testing.assert_array_equal(got.get(), default.get(), err_msg=f"R={R} D={D} seed {seed}")
 
