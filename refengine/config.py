@@ -105,6 +105,7 @@ class EngineConfig:
     cache_block_seq_len: int = 64
     max_prefill_token_num: int = 8192
     enable_prefix_caching: bool = False
+    lookahead: bool = True          # launch decode step n+1 before step n's tokens reach the host (core.py)
 
     def __post_init__(self):
         from refengine.engine.errors import EngineConfigError

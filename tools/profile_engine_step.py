@@ -1,8 +1,10 @@
 """Where an engine step's host time goes: EngineCore.step() run in this thread (so cProfile sees it — the
 Engine's own thread is invisible to it) over B requests decoding together, then the step-time spread and
-the functions with the most own time.
+the functions with the most own time. The step times are taken in a round without the profiler (which slows
+the host several-fold); --top 0 skips the profiled round.
 
     PYTHONPATH=. python tools/profile_engine_step.py WORKSPACE --backend cupy --batch 256 --output-tokens 64
+    ... --no-lookahead      every step waits for the tokens before the next is planned (EngineConfig.lookahead)
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--output-tokens", type=int, default=64)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--no-lookahead", action="store_true")
     args = ap.parse_args()
-    config = EngineConfig(max_batch_size=args.batch, session_len=args.prompt_tokens + args.output_tokens + 8)
+    config = EngineConfig(max_batch_size=args.batch, session_len=args.prompt_tokens + args.output_tokens + 8,
+                          lookahead=not args.no_lookahead)
     engine = Engine.from_model(args.model, backend=args.backend, config=config)
     core, rng = engine.core, np.random.default_rng(0)
     gen = GenerationConfig(max_new_tokens=args.output_tokens, temperature=0.0, ignore_eos=True)
@@ -44,14 +48,19 @@ def main() -> None:
         return times
 
     run_round()                                          # compile kernels, capture graphs
-    profiler = cProfile.Profile()
-    profiler.enable()
+    t0 = time.perf_counter()
     times = run_round()
-    profiler.disable()
+    wall = time.perf_counter() - t0
     decode = np.array(times[-args.output_tokens + 1:]) * 1e3          # the steps after every prefill
-    print(f"batch {args.batch}: {len(times)} steps, decode step ms p50 {np.median(decode):.2f} "
-          f"p90 {np.percentile(decode, 90):.2f} min {decode.min():.2f}")
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+    print(f"batch {args.batch}, lookahead {'on' if core.lookahead else 'off'}: {len(times)} steps "
+          f"({core.stats['ahead']} launched ahead in all), decode step ms p50 {np.median(decode):.3f} "
+          f"p90 {np.percentile(decode, 90):.3f} min {decode.min():.3f}; round {wall * 1e3:.1f} ms")
+    if args.top:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run_round()
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
     replay_alone(core.runner.graphs)
 
 

@@ -99,7 +99,7 @@ class BlockManager:
     def can_allocate(self, seq: Sequence) -> bool:
         hits = self._match_prefix(seq) if self._may_match(seq) else []
         revived = sum(1 for b in hits if self.blocks[b].ref_count == 0)   # taken off the free list
-        return self._num_needed(seq) - len(hits) + revived <= self.num_free_blocks
+        return self.blocks_needed(seq) - len(hits) + revived <= self.num_free_blocks
 
     def allocate(self, seq: Sequence) -> None:
         """Blocks for all of seq's tokens. A sequence without blocks first reuses cached prefix blocks;
@@ -115,7 +115,12 @@ class BlockManager:
         self._grow(seq)
 
     def can_append(self, seq: Sequence) -> bool:
-        return self._num_needed(seq) <= self.num_free_blocks
+        return self.blocks_needed(seq) <= self.num_free_blocks
+
+    def blocks_needed(self, seq: Sequence) -> int:
+        """Free blocks seq needs to hold all its tokens: new ones, plus a private copy of a shared block
+        it is about to write."""
+        return self.blocks_for(seq.num_tokens) - len(seq.block_table) + self._needs_copy(seq)
 
     def append_slot(self, seq: Sequence) -> None:
         """Room for the tokens seq has not computed yet (a decode step: one token, at most one block)."""
@@ -143,11 +148,6 @@ class BlockManager:
             seq.num_sealed += 1
 
     # ---------------------------------------------------------------- helpers
-
-    def _num_needed(self, seq: Sequence) -> int:
-        """Free blocks seq needs to hold all its tokens: new ones, plus a private copy of a shared block
-        it is about to write."""
-        return self.blocks_for(seq.num_tokens) - len(seq.block_table) + self._needs_copy(seq)
 
     def _needs_copy(self, seq: Sequence) -> bool:
         i = seq.num_computed // self.block_size     # the block the next token goes to

@@ -9,13 +9,29 @@ Sessions: `sessions[session_id]` is the session's Sequence (plus, for a request 
 sibling completions). sequence_start=True begins a session (restarting an idle one of that id);
 sequence_start=False continues one, whose history is already in the cache unless it was evicted;
 sequence_end=True frees it when the turn ends. Errors in a request are raised before anything changes.
+
+Lookahead decode (with CUDA graphs): the GPU should never wait for the host. After step n's graph and sampler
+are queued, step n+1 — every running sequence decoding one more token — is planned with a placeholder for
+the token not yet known and queued too, its input ids gathered on the device from sampler n's output. Only
+then does the host wait for step n's tokens and do its bookkeeping (stop checks, detokenizing, outputs),
+while the GPU runs step n+1:
+
+    host    launch n ─ sample n ─ plan+launch n+1 ─ wait ids n ─ bookkeeping n ─┐ sample n+1 ─ plan+launch n+2 ─ ...
+    GPU          ├── graph n ──── argmax n ─┬─ graph n+1 ─────────────────────┴── argmax n+1 ─┬─ graph n+2 ─ ...
+                                            └─ ids n to the host
+
+A sequence that finishes (or is cancelled) at step n still has its row in step n+1: the row is dropped when
+step n+1 completes (its counters do not move; the K/V it wrote is that of its real last token, or lands in a
+block that is free again, before any later step can use it). Step n+1 is planned only when it is certain to
+be pure decode: nobody waiting, the batch and token budgets kept, room in the cache without evicting or
+preempting, and a graph to hold it; otherwise the next step is scheduled as usual once the tokens are known.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Hashable, Sequence as Seq
 
 from refengine.config import EngineConfig
@@ -25,8 +41,8 @@ from refengine.engine.errors import (EngineConfigError, SessionBusyError, Sessio
 from refengine.engine.kv_cache import KVCache
 from refengine.engine.model_runner import ModelRunner
 from refengine.engine.request import EngineOutput, Request
-from refengine.engine.sampler import sample_rows
-from refengine.engine.scheduler import Scheduler
+from refengine.engine.sampler import SampledTokens, start_sampling
+from refengine.engine.scheduler import Scheduler, SchedulerOutput
 from refengine.engine.sequence import Sequence, SequenceStatus
 from refengine.errors import GenerationConfigError
 from refengine.sampling_params import GenerationConfig
@@ -34,6 +50,14 @@ from refengine.sampling_params import GenerationConfig
 logger = logging.getLogger("refengine")
 
 BUSY = (SequenceStatus.WAITING, SequenceStatus.RUNNING)
+PENDING = -1        # the placeholder of a token still on the device (never seen outside step())
+
+
+@dataclass
+class _Ahead:
+    """A step launched before the tokens of the step before it were known (lookahead decode)."""
+    out: SchedulerOutput
+    logits: object
 
 
 def resolve_session_len(requested: int | None, model_max: int, capacity: int) -> int:
@@ -52,8 +76,10 @@ def resolve_session_len(requested: int | None, model_max: int, capacity: int) ->
 
 class EngineCore:
     def __init__(self, runner, scheduler: Scheduler, session_len: int, vocab_size: int, tokenizer=None,
-                 stop_token_ids: Seq[int] = ()):
+                 stop_token_ids: Seq[int] = (), lookahead: bool = False):
         self.runner = runner
+        self.lookahead = lookahead              # plan and launch step n+1 before step n's tokens are read
+        self._ahead: _Ahead | None = None
         self.scheduler = scheduler
         self.block_manager = scheduler.blocks
         self.session_len = session_len
@@ -64,7 +90,7 @@ class EngineCore:
         self.requests: dict[int, Request] = {}        # seq_id -> its completion's output side
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
-        self.stats = dict(steps=0, tokens=0, preempted=0, evicted=0)
+        self.stats = dict(steps=0, tokens=0, preempted=0, evicted=0, ahead=0)    # ahead: steps launched ahead
 
     @classmethod
     def build(cls, model, config: EngineConfig = EngineConfig(), tokenizer=None) -> "EngineCore":
@@ -78,8 +104,9 @@ class EngineCore:
         blocks = BlockManager(num_blocks, bs, cache.enable_prefix_caching)
         scheduler = Scheduler(config.scheduler_config(session_len), blocks)
         stop_ids = tokenizer.stop_token_ids if tokenizer is not None else ()
-        return cls(ModelRunner(model, num_blocks, bs), scheduler, session_len, model.cfg.vocab_size,
-                   tokenizer, stop_ids)
+        runner = ModelRunner(model, num_blocks, bs)
+        return cls(runner, scheduler, session_len, model.cfg.vocab_size, tokenizer, stop_ids,
+                   lookahead=config.lookahead and runner.graphs is not None)
 
     # ---------------------------------------------------------------- requests
 
@@ -145,6 +172,7 @@ class EngineCore:
     end_session = cancel
 
     def abort_all(self) -> list[EngineOutput]:
+        self._ahead = None                      # its rows all belong to sessions dropped here
         return [out for sid in list(self.sessions) for out in self.cancel(sid)]
 
     def has_work(self) -> bool:
@@ -157,26 +185,47 @@ class EngineCore:
     # ---------------------------------------------------------------- one step
 
     def step(self) -> list[EngineOutput]:
+        if self._ahead is not None:
+            outputs = self._complete_ahead()
+            if outputs is not None:
+                return outputs
         out = self.scheduler.schedule()
         self.stats["preempted"] += len(out.preempted)
         self.stats["evicted"] += len(out.evicted)
         if out.is_empty:
             return []
         logits = self.runner.run(out)                          # [R, V]: one row per sampling sequence
-        self.stats["steps"] += 1
-        self.stats["tokens"] += out.num_tokens
+        self._count(out)
         requests, rows = [], []                 # who samples this step, and from which row of logits
         row = 0
         for s in out.scheduled:
             s_samples = s.samples
-            s.seq.num_computed += s.num_new_tokens
-            self.block_manager.seal_computed_blocks(s.seq)
+            self._computed(s)
             if s_samples:
                 siblings = self._with_forks(s.seq)           # n > 1: the completions share this row
                 requests += [self.requests[c.seq_id] for c in siblings]
                 rows += [row] * len(siblings)
                 row += 1
         return self._sample(logits, requests, rows)
+
+    def _complete_ahead(self) -> list[EngineOutput] | None:
+        """Step n+1, launched during step n: sample the rows of the sequences still running (None if none is)."""
+        ahead, self._ahead = self._ahead, None
+        requests, rows = [], []
+        for row, s in enumerate(ahead.out.scheduled):       # every row samples (pure decode)
+            if s.seq.status is SequenceStatus.RUNNING and s.seq.seq_id in self.requests:
+                self._computed(s)
+                requests.append(self.requests[s.seq.seq_id])
+                rows.append(row)
+        return self._sample(ahead.logits, requests, rows) if requests else None
+
+    def _count(self, out: SchedulerOutput) -> None:
+        self.stats["steps"] += 1
+        self.stats["tokens"] += out.num_tokens
+
+    def _computed(self, s) -> None:
+        s.seq.num_computed += s.num_new_tokens
+        self.block_manager.seal_computed_blocks(s.seq)
 
     def _with_forks(self, seq: Sequence) -> list[Sequence]:
         siblings = [seq] + [self._fork(seq, i) for i in range(1, seq.num_forks + 1)]
@@ -185,9 +234,13 @@ class EngineCore:
 
     def _sample(self, logits, requests: list[Request], rows: list[int]) -> list[EngineOutput]:
         """One token for every request, all rows at once (one device->host copy on a GPU), then each
-        request's bookkeeping in order."""
-        choices = sample_rows(logits, rows, [r.config for r in requests], [r.rng for r in requests],
-                              [r.penalty_context() for r in requests])
+        request's bookkeeping in order. With lookahead, the next step is launched before the copy is awaited."""
+        sampled = start_sampling(logits, rows, [r.config for r in requests], [r.rng for r in requests],
+                                 [r.penalty_context() for r in requests])
+        ahead = self._launch_ahead(requests, sampled) if self.lookahead else []
+        choices = sampled.read()
+        for seq in ahead:
+            seq.token_ids.pop()                               # the placeholder: on_token appends the real token
         outputs = []
         for request, choice in zip(requests, choices):
             output = request.on_token(choice)
@@ -196,6 +249,28 @@ class EngineCore:
             outputs.append(output)
         return outputs
 
+    def _launch_ahead(self, requests: list[Request], sampled: SampledTokens) -> list[Sequence]:
+        """Plan and launch the next step as pure decode of every running sequence, its input ids taken on the
+        device from `sampled`. Returns the sequences given a placeholder token (none if nothing was launched)."""
+        if len(requests) != len(self.scheduler.running):      # someone running did not sample: not pure decode
+            return []
+        # a sequence whose token now reaches max_tokens certainly ends: it gets no row
+        going = [(i, r.seq) for i, r in enumerate(requests) if r.seq.num_tokens + 1 < r.seq.max_tokens]
+        if not going or not self.runner.can_run_ahead(len(going)):
+            return []
+        seqs = [seq for _, seq in going]
+        for seq in seqs:
+            seq.append_token(PENDING)
+        out = self.scheduler.schedule_ahead(seqs)
+        if out is None:
+            for seq in seqs:
+                seq.token_ids.pop()
+            return []
+        logits = self.runner.run_ahead(out, sampled.ids, [i for i, _ in going])
+        self._count(out)
+        self.stats["ahead"] += 1
+        self._ahead = _Ahead(out, logits)
+        return seqs
     def _fork(self, seq: Sequence, index: int) -> Sequence:
         """Completion `index` of an n > 1 request: shares every block computed so far."""
         child = seq.fork(next(self._seq_ids))

@@ -254,10 +254,11 @@ class Engine:
                 if command is _STOP:
                     return
                 self._run_command(command)
-            steps = self.core.stats["steps"]
+            steps, sampled = self.core.stats["steps"], False
             if self.core.has_work():
-                self._step()
-            stalled = self.core.has_work() and self.core.stats["steps"] == steps   # nothing could run
+                sampled = self._step()
+            # nothing could run (no step launched, no token from a step launched ahead): wait for a command
+            stalled = self.core.has_work() and self.core.stats["steps"] == steps and not sampled
 
     def _run_command(self, command: Callable[[], None]) -> None:
         try:
@@ -283,7 +284,8 @@ class Engine:
         self._channels[turn.session_id] = channel
         self._deliver(outputs)
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One core step; whether it gave any output."""
         try:
             outputs = self.core.step()
         except Exception as e:
@@ -292,8 +294,9 @@ class Engine:
             for channel in self._channels.values():
                 channel.put(EngineStepError(f"the engine step failed: {e!r}"))
             self._channels.clear()
-            return
+            return False
         self._deliver(outputs)
+        return bool(outputs)
 
     def _deliver(self, outputs: list[EngineOutput]) -> None:
         for out in outputs:

@@ -11,6 +11,9 @@ smallest bucket >= B:
       block tables into pinned memory          graph replay: embedding … 30 layers … logits [bucket, V]
     sampler reads the chosen ids          ◄──  (the only wait of the step)
 
+With lookahead decode (core.py) the next step's replay is queued before the host has the ids: run(sampled=...)
+gathers them on the device (ids[sources], into the static input_ids) between the input copy and the replay.
+
 Rows B..bucket-1 are padding: token 0 at position 0 with an empty context (attention gives 0) and slot −1
 (the KV write skips it); their logits are never read.
 
@@ -53,7 +56,7 @@ class _Captured:
 def _layout(bucket: int, width: int) -> dict[str, tuple[int, int]]:
     """Offsets (in int64 words) of each input in the packed buffer; block tables are int32 pairs."""
     sizes = dict(input_ids=bucket, positions=bucket, cu_seqlens_q=bucket + 1, context_lens=bucket,
-                 slot_mapping=bucket, logits_rows=bucket, block_tables=-(-bucket * width // 2))
+                 slot_mapping=bucket, logits_rows=bucket, sources=bucket, block_tables=-(-bucket * width // 2))
     layout, offset = {}, 0
     for name, n in sizes.items():
         layout[name] = (offset, n)
@@ -91,18 +94,24 @@ class DecodeGraphs:
         return (len(batch.input_ids) == B and len(batch.logits_rows) == B and 0 < B <= self.buckets[-1]
                 and batch.block_tables.shape[1] <= self.width and isinstance(batch.input_ids, np.ndarray))
 
-    def run(self, batch: ForwardBatch):
-        """Logits [B, V] float32 (a view of the bucket's output: valid until the next replay)."""
+    def run(self, batch: ForwardBatch, sampled: tuple | None = None):
+        """Logits [B, V] float32 (a view of the bucket's output: valid until the next replay).
+        sampled = (ids, sources): the input ids are ids[sources] — the previous step's sampler output on the
+        device, gathered on the stream between the input copy and the replay (batch.input_ids is ignored)."""
         B = len(batch.context_lens)
         bucket = next(b for b in self.buckets if b >= B)
         g = self.graphs.get(bucket) or self._capture(bucket)
-        self._fill(g, batch)
+        self._fill(g, batch, sampled[1] if sampled is not None else ())
+        if sampled is not None:
+            off = _layout(g.bucket, g.width)["sources"][0]
+            with self.stream:
+                self.cp.take(sampled[0], g.device[off:off + B], out=g.batch.input_ids[:B])
         g.graph.launch(self.stream)
         return g.logits[:B]
 
     # ---------------------------------------------------------------- internals
 
-    def _fill(self, g: _Captured, batch: ForwardBatch) -> None:
+    def _fill(self, g: _Captured, batch: ForwardBatch, sources=()) -> None:
         B, lay = len(batch.context_lens), _layout(g.bucket, g.width)
         g.copied.synchronize()                      # the previous copy has left the pinned buffer
         host = g.host
@@ -113,6 +122,8 @@ class DecodeGraphs:
         off, n = lay["slot_mapping"]                                      # padding rows: -1, not written
         host[off:off + n] = -1
         host[off:off + B] = batch.slot_mapping
+        off, n = lay["sources"]                                           # run(sampled=...): rows of the ids
+        host[off:off + len(sources)] = sources
         for name in ("cu_seqlens_q", "logits_rows"):                      # one row per sequence, all sample
             off, n = lay[name]
             host[off:off + n] = np.arange(n)

@@ -62,9 +62,37 @@ class ModelRunner:
         max_blocks = min(num_blocks, -(-model.cfg.max_position_embeddings // block_size))
         self.graphs = DecodeGraphs.for_model(model, self.kv, max_blocks)
 
+    def can_run_ahead(self, batch_size: int) -> bool:
+        """Whether a decode step of batch_size sequences can take its input ids from the device (run_ahead):
+        a captured graph holds it, or the NumPy backend (where it is plain indexing, for tests)."""
+        if self.sharded:
+            return False
+        if self.graphs is None:
+            return self.model.ops.xp is np
+        return batch_size <= self.graphs.buckets[-1]
+
     def run(self, out: SchedulerOutput) -> np.ndarray:
         """Logits [R, V] float32, one row per scheduled sequence that samples, in scheduled order
         (a CuPy array on the CUDA backend)."""
+        batch = self._prepare(out)
+        if self.graphs is not None and self.graphs.fits(batch):
+            return self.graphs.run(batch)
+        return self.model.forward(batch, self.kv)
+
+    def run_ahead(self, out: SchedulerOutput, sampled_ids, sources: list[int]):
+        """run() for a decode step whose input ids are not on the host yet: sequence i of `out` takes
+        sampled_ids[sources[i]] (the previous step's sampler output, still on the device). The GPU queues
+        the step behind the sampler; nothing here waits for either."""
+        batch = self._prepare(out)
+        if self.graphs is None:
+            batch.input_ids = np.asarray(sampled_ids)[sources]
+            return self.model.forward(batch, self.kv)
+        if not self.graphs.fits(batch):
+            raise RuntimeError(f"run_ahead: a batch of {len(sources)} does not fit the decode graphs")
+        return self.graphs.run(batch, (sampled_ids, sources))
+
+    def _prepare(self, out: SchedulerOutput) -> ForwardBatch:
+        """Block copies first (copy-on-write), then the packed batch."""
         if self.sharded:
             self.model.copy_kv_blocks(self.kv, out.copies)
         elif self.model.ops.xp is np:
@@ -72,7 +100,4 @@ class ModelRunner:
         elif out.copies:
             src, dst = zip(*out.copies)
             self.model.ops.copy_blocks(self.kv.k_caches, self.kv.v_caches, src, dst)
-        batch = pack_batch(out.scheduled, self.block_size)
-        if self.graphs is not None and self.graphs.fits(batch):
-            return self.graphs.run(batch)
-        return self.model.forward(batch, self.kv)
+        return pack_batch(out.scheduled, self.block_size)

@@ -81,15 +81,32 @@ def sample(logits: np.ndarray, cfg: GenerationConfig, rng: np.random.Generator,
     return TokenChoice(token, float(logp[token]), [(int(t), float(logp[t])) for t in top])
 
 
-def sample_rows(logits, rows, configs, rngs, contexts) -> list[TokenChoice]:
+class SampledTokens:
+    """The tokens of one sampling launch: `ids` [E] int64 (on the logits' device) are there at once, for the next
+    step's input; `read()` brings the choices to the host — on a GPU the step's one wait."""
+
+    def __init__(self, ids, choices: list[TokenChoice]):
+        self.ids = ids
+        self._choices = choices
+
+    def read(self) -> list[TokenChoice]:
+        return self._choices
+
+
+def start_sampling(logits, rows, configs, rngs, contexts) -> SampledTokens:
     """One token per entry: entry i samples row rows[i] of logits [R, V] with configs[i], rngs[i] and its
     penalty context contexts[i] = (prompt ids, output ids). Several entries may share a row (the n > 1
-    completions of one prompt). On a GPU all entries go to the device sampler at once: one host sync."""
-    if not rows:
-        return []
-    if isinstance(logits, np.ndarray):
-        return [sample(logits[r], c, g, *ctx) for r, c, g, ctx in zip(rows, configs, rngs, contexts)]
+    completions of one prompt). On a GPU all entries go to the device sampler at once and nothing waits
+    until read()."""
+    if isinstance(logits, np.ndarray) or not rows:
+        choices = [sample(logits[r], c, g, *ctx) for r, c, g, ctx in zip(rows, configs, rngs, contexts)]
+        return SampledTokens(np.array([c.token_id for c in choices], dtype=np.int64), choices)
     import cupy as cp
-    from refengine.ops.cuda_sampling import sample_batch
+    from refengine.ops.cuda_sampling import start_sample_batch
     gathered = logits if list(rows) == list(range(logits.shape[0])) else logits[cp.asarray(rows)]
-    return sample_batch(gathered, configs, rngs, contexts)
+    return start_sample_batch(gathered, configs, rngs, contexts)
+
+
+def sample_rows(logits, rows, configs, rngs, contexts) -> list[TokenChoice]:
+    """start_sampling(...).read(): the choices at once."""
+    return start_sampling(logits, rows, configs, rngs, contexts).read()

@@ -144,6 +144,24 @@ class Scheduler:
             out.scheduled.append(ScheduledSequence(seq, n))
             budget -= n
 
+    def schedule_ahead(self, seqs: list[Sequence]) -> SchedulerOutput | None:
+        """The step after the current one, planned before the current one's tokens are known (lookahead decode,
+        see core.py): one decode token for each of `seqs` — running sequences whose next token is already
+        appended as a placeholder. None when that step could be anything else: someone is waiting, the batch or
+        token budget is exceeded, or the cache has no room without evicting or preempting."""
+        cfg = self.config
+        if self.waiting or not seqs or len(seqs) > min(cfg.max_batch_size, cfg.max_prefill_token_num):
+            return None
+        if any(s.num_tokens - s.num_computed != 1 for s in seqs):
+            return None
+        if sum(self.blocks.blocks_needed(s) for s in seqs) > self.blocks.num_free_blocks:
+            return None
+        for seq in seqs:
+            self.blocks.append_slot(seq)
+        out = SchedulerOutput([ScheduledSequence(seq, 1) for seq in seqs])
+        out.copies, self.blocks.pending_copies = self.blocks.pending_copies, []
+        return out
+
     # ---------------------------------------------------------------- making room
 
     def _make_room(self, out: SchedulerOutput, seq: Sequence) -> bool:

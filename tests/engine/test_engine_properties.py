@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from refengine.config import SchedulerConfig
 from refengine.engine.block_manager import BlockManager
-from refengine.engine.core import EngineCore
+from refengine.engine.core import PENDING, EngineCore
 from refengine.engine.errors import SessionBusyError, SessionLengthError, UnknownSessionError
 from refengine.engine.scheduler import Scheduler
 from refengine.errors import GenerationConfigError
@@ -28,12 +28,20 @@ class FakeRunner:
     def run(self, out):
         return self.rng.standard_normal((sum(s.samples for s in out.scheduled), V)).astype(np.float32)
 
+    def can_run_ahead(self, batch_size):
+        return True
 
-def make_core(num_blocks, block_size, caching, batch, budget, seed):
+    def run_ahead(self, out, sampled_ids, sources):
+        assert all(s.seq.token_ids[-1] == PENDING for s in out.scheduled)
+        assert len(sources) == len(out.scheduled) and max(sources) < len(sampled_ids)
+        return self.run(out)
+
+
+def make_core(num_blocks, block_size, caching, batch, budget, seed, lookahead=False):
     blocks = BlockManager(num_blocks, block_size, caching)
     session_len = num_blocks * block_size
     scheduler = Scheduler(SchedulerConfig(batch, budget, session_len), blocks)
-    return EngineCore(FakeRunner(seed), scheduler, session_len, V, stop_token_ids=[0])
+    return EngineCore(FakeRunner(seed), scheduler, session_len, V, stop_token_ids=[0], lookahead=lookahead)
 
 
 def check_blocks(core):
@@ -55,10 +63,12 @@ op = st.one_of(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, min_size=20, max_size=80), caching=st.booleans(), block_size=st.sampled_from([1, 2, 4]),
-       num_blocks=st.integers(6, 16), batch=st.integers(1, 4), budget=st.integers(1, 9), seed=st.integers(0, 99))
+       num_blocks=st.integers(6, 16), batch=st.integers(1, 4), budget=st.integers(1, 9), seed=st.integers(0, 99),
+       lookahead=st.booleans())
 def test_random_operations_keep_the_books_and_free_everything(ops, caching, block_size, num_blocks, batch,
-                                                              budget, seed):
-    core = make_core(num_blocks, block_size, caching, batch, budget, seed)
+                                                              budget, seed, lookahead):
+    """(With lookahead decode too: steps launched before the tokens of the step before are known.)"""
+    core = make_core(num_blocks, block_size, caching, batch, budget, seed, lookahead)
     live: dict[tuple, bool] = {}          # (session, index) -> still expecting outputs
     ended: set = set()
 
@@ -89,6 +99,7 @@ def test_random_operations_keep_the_books_and_free_everything(ops, caching, bloc
         else:
             take(core.cancel(args[0]) if kind == "cancel" else core.end_session(args[0]))
         check_blocks(core)
+        assert PENDING not in (t for group in core.sessions.values() for q in group for t in q.token_ids)
     steps = 0
     while core.has_work():                 # whatever is left runs to the end: nothing is lost or stuck
         take(core.step())
