@@ -49,6 +49,8 @@ def engine_options(fn):
                      help="Tokens a session may hold (default: the model's context, if the cache holds it)."),
         click.option("--max-prefill-token-num", type=click.IntRange(min=1), default=8192, show_default=True),
         click.option("--cache-block-seq-len", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--lookahead/--no-lookahead", default=True, show_default=True,
+                     help="Queue decode step n+1 before step n's tokens reach the host (with CUDA graphs)."),
         click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
                      help="Untimed rounds first (short outputs: kernels compiled, CUDA graphs captured)."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
@@ -143,7 +145,7 @@ def _engine(model: str, kw: dict, batch: int):
     config = EngineConfig(session_len=kw["session_len"], max_batch_size=kw["max_batch_size"] or batch,
                           cache_max_entry_count=kw["cache_max_entry_count"],
                           cache_block_seq_len=kw["cache_block_seq_len"],
-                          max_prefill_token_num=kw["max_prefill_token_num"])
+                          max_prefill_token_num=kw["max_prefill_token_num"], lookahead=kw["lookahead"])
     click.echo(f"loading {model} (--backend {kw['backend']}, --tp {kw['tp']}) ...", err=True)
     loaded = load_model(model)
     lm = build_model(loaded, kw["backend"], kw["tp"])        # a bad --tp is refused here, before any process

@@ -25,6 +25,7 @@ def test_generation_runs_every_case_with_exact_counts(tiny_models, tmp_path, cap
     doc = json.loads(js.read_text())
     assert doc["kind"] == "generation" and doc["meta"]["label"] == "tiny fp16"
     assert doc["meta"]["decode_weight_bytes"] > 0 and doc["meta"]["kv_bytes_per_token"] == 2 * 2 * 64 * 4
+    assert doc["meta"]["engine"]["lookahead"] is True                        # the default, recorded
     rows = doc["rows"]
     assert [(r["batch_size"], r["prompt_tokens"]) for r in rows] == [(1, 8), (1, 12), (3, 8), (3, 12)]
     for r in rows:
@@ -41,10 +42,11 @@ def test_throughput_sends_every_request_once(tiny_models, tmp_path, capsys):
     ws, _ = tiny_models["int4"]
     js = tmp_path / "tp.json"
     code, out, err = run_cli(["bench", "throughput", str(ws), *ENGINE, "--num-requests", "7", "--concurrency", "3",
-                              "--prompt-tokens", "10", "--output-tokens", "6", "--seed", "4", "--json", str(js)],
-                             capsys)
+                              "--prompt-tokens", "10", "--output-tokens", "6", "--seed", "4", "--json", str(js),
+                              "--no-lookahead"], capsys)
     assert code == 0, err
     assert "req/s" in out and "synthetic lognormal" in out
+    assert json.loads(js.read_text())["meta"]["engine"]["lookahead"] is False
     row = json.loads(js.read_text())["rows"][0]
     expected = spread_requests(7, 10, 6, 0.7, 384, 4)
     assert row["num_requests"] == row["completed"] == 7 and row["concurrency"] == 3
