@@ -39,8 +39,9 @@
 // weight stays in registers while it is multiplied by all M rows: the weights are read once.
 //
 // Versions: this file holds linear_w4a16 v7 and v8 (v1 … v6, the rest of the ladder, are in w4a16_gemm.cu).
-//     v8  v7's walk with the math on float16 pairs (piece_math_h2 below: ~2.7 instructions per weight instead of
-//         ~4.4), the default for M = 1. H100, g128, graphs with programmatic dependent launch (PDL, common.cuh),
+//     v8  v7's walk with the math on float16 pairs (piece_math_h2 in w4a16_piece.cuh: ~2.7 instructions per
+//         weight instead of ~4.4), the default for M = 1. H100, g128, graphs with programmatic dependent launch
+//         (PDL, common.cuh),
 //         R = 2, D = 3: 4096²: 5.4 µs (55% of copy BW), 11008 × 4096: 11.3 µs (71%), 4096 × 11008: 10.7 µs (75%);
 //         without PDL 6.8 / 13.4 / 12.9 µs. R = 2, D = 2: 6.6 / 12.2 / 15.8 (PDL staggers its balanced grid);
 //         M = 2 equals v3 (8.3 vs 8.1 µs at 4096²), M = 4 loses (13.0 vs 8.0): v3 keeps M >= 2.
@@ -64,6 +65,7 @@
 // Both versions may be launched with programmatic dependence (refengine/ops/pdl.py): x and y are touched only
 // after pdl_wait().
 #include "common.cuh"
+#include "w4a16_piece.cuh"
 
 // 16-byte streaming load: read-only path, not allocated in L1 (each weight byte is used exactly once)
 __device__ __forceinline__ uint4 ldg_stream16(const void* p) {
@@ -75,12 +77,6 @@ __device__ __forceinline__ uint4 ldg_stream16(const void* p) {
 }
 
 __device__ __forceinline__ float silu_mul_f(float g, float u) { return g / (1.f + expf(-g)) * u; }
-
-// one ring slot: this lane's 16-byte piece of each of the R rows, with the piece's scale and zero
-template <int R> struct W4Piece {
-    uint4 q[R];
-    half_t s[R], z[R];
-};
 
 // where a lane's pieces come from: gpr = K / g groups per row, gsh = log2(g / 32) (piece c is in group c >> gsh)
 struct W4Rows {
@@ -175,70 +171,6 @@ __device__ __forceinline__ void piece_math(const W4Piece<R>& p, const half_t* __
         const float s = to_float(p.s[r]);
 #pragma unroll
         for (int m = 0; m < MB; ++m) acc[r][m] = fmaf(s * 0.0625f, part[r][m][1], fmaf(s, part[r][m][0], acc[r][m]));
-    }
-}
-
-// v8: the same piece, with the multiply-adds on float16 pairs (HFMA2), ~1.6 instructions per weight instead of ~4.4.
-// The same LOP3s give (1024 + q) and (1024 + 16·q) pairs; HSUB2 of (1024 + zero), or HFMA2 by 1/16 minus
-// (64 + zero), turns both into (q − zero) exactly — no float32 conversion per weight. x is regrouped to match:
-//
-//     x word pairs    (x0 x1) (x2 x3) (x4 x5) (x6 x7)        one uint4 of x: k = 32c + 8j + [0, 8)
-//     PRMT       ->   (x0 x4) (x1 x5) (x2 x6) (x3 x7)        the k of the weight pairs d0, d1, d2, d3
-//
-// so that each HFMA2 adds two (q − zero)·x products, one per half. A word's four HFMA2s start from zero and
-// are added to the float32 partial after each word: a float16 partial holds at most 4 products (|q − zero|
-// <= 15, so it cannot overflow below |x| ~ 1000), rounded as float16 (relative 2^-11 of the word's partial);
-// the scale is applied in float32 once per piece. 4 PRMTs per 8 x are shared by the R rows.
-template <int MB, int R, int PW>
-__device__ __forceinline__ void piece_math_h2(const W4Piece<R>& p, const half_t* __restrict__ x, int ldx, int M,
-                                              int K, int c, float (&acc)[R][MB]) {
-    if (c >= K / 32) return;
-    const u32 magic = 0x64006400u, sixteenth = 0x2C002C00u;   // float16 pairs (1024, 1024), (1/16, 1/16)
-    u32 z1[R], z64[R];                                 // (1024 + zero) and −(64 + zero), float16 pairs
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const u32 zz = prmt(p.z[r], p.z[r], 0x1010u);               // (zero, zero)
-        z1[r] = hadd2(zz, magic);
-        z64[r] = hfma2(zz, 0xBC00BC00u, 0xD400D400u);             // zero·(−1) − 64
-    }
-    float part[R][MB];
-    u32 h[R][MB];                                      // the float16 partials of the current PW words
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int m = 0; m < MB; ++m) part[r][m] = 0.f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        u32 d[R][4];                                   // d[r][i]: (q − zero) of k = 32c + 8j + (i, i + 4)
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const u32 word = j == 0 ? p.q[r].x : j == 1 ? p.q[r].y : j == 2 ? p.q[r].z : p.q[r].w;
-            const u32 t = word >> 8;
-            d[r][0] = hsub2(lop3_and_or(word, 0x000F000Fu, magic), z1[r]);
-            d[r][1] = hfma2(lop3_and_or(word, 0x00F000F0u, magic), sixteenth, z64[r]);
-            d[r][2] = hsub2(lop3_and_or(t, 0x000F000Fu, magic), z1[r]);
-            d[r][3] = hfma2(lop3_and_or(t, 0x00F000F0u, magic), sixteenth, z64[r]);
-        }
-#pragma unroll
-        for (int m = 0; m < MB; ++m) {                 // rows m >= M repeat row M − 1 (branch-free; never written)
-            const uint4 v = ldg16(x + (i64)min(m, M - 1) * ldx + 32 * c + 8 * j);
-            const u32 xp[4] = {prmt(v.x, v.z, 0x5410u), prmt(v.x, v.z, 0x7632u),
-                               prmt(v.y, v.w, 0x5410u), prmt(v.y, v.w, 0x7632u)};
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                u32 a = j % PW == 0 ? hmul2(d[r][0], xp[0]) : hfma2(d[r][0], xp[0], h[r][m]);
-                a = hfma2(d[r][1], xp[1], a);
-                a = hfma2(d[r][2], xp[2], a);
-                h[r][m] = hfma2(d[r][3], xp[3], a);
-                if (j % PW == PW - 1) part[r][m] += lo_half(h[r][m]) + hi_half(h[r][m]);
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const float s = to_float(p.s[r]);
-#pragma unroll
-        for (int m = 0; m < MB; ++m) acc[r][m] = fmaf(s, part[r][m], acc[r][m]);
     }
 }
 

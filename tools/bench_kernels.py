@@ -159,10 +159,18 @@ def v8_tune(M: int) -> list:
             if mb == cuda.w4a16_v7_mb(M)]
 
 
+def v9_tune() -> list:
+    """(label, kwargs) of the compiled v9 tuning points (M = 1, sm_90+): RB rows per block, x staged in shared
+    memory or read through L1 ("x L1")."""
+    return [(f"v9 RB{rb}" + ("" if staged else " x L1"), dict(config=(rb, staged)))
+            for rb, staged in cuda.W4A16_V9_TUNE] if cuda._cc() >= 90 else []
+
+
 def bench_w4a16(c, quick, gemm=True):
-    gemv = [("v2", {}), ("v3", {}), ("v5", {}), ("v7", {}), ("v8", {})] + ([("v1", {})] if not quick else [])
+    gemv = [("v2", {}), ("v3", {}), ("v5", {}), ("v7", {}), ("v8", {})] + ([("v9", {})] if cuda._cc() >= 90 else []) \
+        + ([("v1", {})] if not quick else [])
     tune = [] if quick else [("v5 3 stages", dict(variant="v5s3")), ("v5 other mode", None)] + [
-        (f"v7 R{r} D{d}", dict(config=(r, d))) for mb, r, d in cuda.W4A16_V7_TUNE if mb == 1] + v8_tune(1)
+        (f"v7 R{r} D{d}", dict(config=(r, d))) for mb, r, d in cuda.W4A16_V7_TUNE if mb == 1] + v8_tune(1) + v9_tune()
     for N, K in ((4096, 4096), (11008, 4096), (4096, 11008)):
         g = 128
         rng = np.random.default_rng(0)
@@ -180,7 +188,7 @@ def bench_w4a16(c, quick, gemm=True):
                 fn = functools.partial(cuda.VERSIONS["linear_w4a16"][v.split()[0]], **kw)
             us = time_graph([lambda s=s: fn(x, *s, g) for s in sets], launches=20 if v != "v1" else 4)
             record("w4a16 GEMV", v, f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
-            if v in ("v7", "v8") and PDL:                     # what the overlap of consecutive launches gives
+            if v in ("v7", "v8", "v9") and PDL:               # what the overlap of consecutive launches gives
                 us = time_graph([lambda s=s: fn(x, *s, g) for s in sets], programmatic=False)
                 record("w4a16 GEMV", f"{v} no PDL", f"M=1 N={N} K={K} g{g}", us, nbytes, ceilings=c)
         if K == 11008:                                       # the MLP's down projection with silu_and_mul

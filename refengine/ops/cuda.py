@@ -758,6 +758,68 @@ def _w4a16_v8(x, qweight, scales, zeros, group_size, bias=None, config=None):
     return _w4a16_v7_launch("w4a16_v8", x, ldx, qweight, scales, zeros, group_size, bias, M, K, config)
 
 
+# ---- v9: the GEMV of kernels_cu/w4a16_gemv_bulk.cu (M = 1, sm_90+): each block's weights arrive in shared memory by
+# TMA bulk copies issued before pdl_wait(); RB rows per block (4 warps of RB / 4 rows), grid N / RB. Not measured yet.
+W4A16_V9_RB = (16, 8)                    # rows per block, preferred first
+W4A16_V9_SMEM = 48 << 10                 # shared memory per block the choice stays within where it can
+W4A16_V9_TUNE = ((16, True), (8, True), (4, True), (16, False), (8, False), (4, False))   # compiled (RB, x staged)
+
+
+def w4a16_v9_smem(rb: int, K: int, group_size: int, x_staged: bool = True) -> int:
+    """Dynamic shared memory bytes of a v9 block, the kernel's layout: 64 bytes of barriers, then the block's
+    qweight [RB, K/8], scales and zeros [RB, K/g] and (x staged) x [K]."""
+    return 64 + rb * K // 2 + 4 * rb * (K // group_size) + (2 * K if x_staged else 0)
+
+
+def w4a16_v9_rb(N: int, K: int, group_size: int) -> int | None:
+    """Rows per block for N outputs: the first of W4A16_V9_RB that divides N in at most W4A16_V9_SMEM bytes of
+    shared memory, else the smallest that divides N (more shared memory); None if none divides N."""
+    fits = [rb for rb in W4A16_V9_RB if N % rb == 0]
+    modest = [rb for rb in fits if w4a16_v9_smem(rb, K, group_size) <= W4A16_V9_SMEM]
+    return modest[0] if modest else min(fits) if fits else None
+
+
+def _v9_ok(x, qweight, scales, zeros, M: int, K: int, group_size: int, rb: int) -> bool:
+    """Bulk copies need sm_90, 16-byte aligned sources and sizes: each block's scales / zeros span RB·K/g·2 bytes."""
+    return (M == 1 and _cc() >= 90 and K % 32 == 0 and group_size in (32, 64, 128) and qweight.shape[0] % rb == 0
+            and rb * (K // group_size) * 2 % 16 == 0 and _aligned16(x, qweight, scales, zeros))
+
+
+def _v9_kernel(kernel: str, smem: int):
+    """The kernel, allowed `smem` bytes of dynamic shared memory and the largest shared-memory carveout (so that
+    the driver makes room for many blocks per multiprocessor); attributes are set once, not per launch."""
+    fn = _fn("w4a16_gemv_bulk.cu", kernel)
+    key = (kernel, cp.cuda.Device().id)
+    if key not in _smem_optin:
+        fn.preferred_shared_memory_carveout = 100
+        _smem_optin[key] = 48 << 10
+    if smem > _smem_optin[key]:
+        fn.max_dynamic_shared_size_bytes = smem
+        _smem_optin[key] = smem
+    return fn
+
+
+@_version("linear_w4a16", "v9")
+def _w4a16_v9(x, qweight, scales, zeros, group_size, bias=None, config=None):
+    """config = (RB, x staged in shared memory) overrides the choice (tuning; W4A16_V9_TUNE lists what is compiled)."""
+    M, K = x.shape
+    N = qweight.shape[0]
+    rb, staged = config or (w4a16_v9_rb(N, K, group_size), True)
+    if rb is None or not _v9_ok(x, qweight, scales, zeros, M, K, group_size, rb):
+        raise Unsupported
+    smem = w4a16_v9_smem(rb, K, group_size, staged)
+    if smem > _smem_limits(cp.cuda.Device().id)[1]:
+        raise Unsupported
+    kernel = f"w4a16_v9_r{rb}" + ("" if staged else "_xg") + "_f16"
+    y = cp.empty((M, N), F16)
+    if N:
+        _v9_kernel(kernel, smem)
+        _launch("w4a16_gemv_bulk.cu", kernel, (N // rb,), (128,),
+                (x, qweight, scales, zeros, _i32(group_size), NULL if bias is None else bias, y, _i32(N), _i32(K)),
+                shared_mem=smem, pdl_ready=True)
+    return y
+
+
 def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     """The order linear_w4a16 tries its versions in for M rows and N outputs — the rule measured on an H100
     (docs/benchmarks.md, 4096 × 4096 and 11008 × 4096, g128):
@@ -780,7 +842,8 @@ def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     return ("v4", "v6", "v2", "v1")
 
 
-DEFAULTS["linear_w4a16"] = ("v8", "v7", "v3", "v6", "v4", "v2", "v5", "v1")   # w4a16_order picks the order per call
+# w4a16_order picks the order per call (v9, not measured yet, is registered and tested but not in its lists)
+DEFAULTS["linear_w4a16"] = ("v8", "v7", "v3", "v6", "v4", "v2", "v5", "v1", "v9")
 
 
 # ---------------------------------------------------------------- the MLP's down projection with silu fused in
