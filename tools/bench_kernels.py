@@ -162,8 +162,8 @@ def v8_tune(M: int) -> list:
 def v9_tune() -> list:
     """(label, kwargs) of the compiled v9 tuning points (M = 1, sm_90+): RB rows per block, x staged in shared
     memory or read through L1 ("x L1")."""
-    return [(f"v9 RB{rb}" + ("" if staged else " x L1"), dict(config=(rb, staged)))
-            for rb, staged in cuda.W4A16_V9_TUNE] if cuda._cc() >= 90 else []
+    return [(f"v9 RB{c[0]} W{c[1]}" + ("" if c[2] else " x L1"), dict(config=c))
+            for c in cuda.W4A16_V9_TUNE] if cuda._cc() >= 90 else []
 
 
 def bench_w4a16(c, quick, gemm=True):

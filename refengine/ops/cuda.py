@@ -595,12 +595,18 @@ def _stream_ok(x, ldx, qweight, scales, zeros, K) -> bool:
 def _stream_kernel(cfg: W4Stream, smem: int):
     """The compiled kernel, allowed `smem` bytes of dynamic shared memory and the largest shared-memory
     carveout (without it the driver may size L1 / shared memory for one block per multiprocessor)."""
-    fn = _fn("w4a16_gemm.cu", cfg.kernel)
-    key = (cfg.kernel, cp.cuda.Device().id)
+    return _kernel_smem_optin("w4a16_gemm.cu", cfg.kernel, smem)
+
+
+def _kernel_smem_optin(file: str, kernel: str, smem: int):
+    """`kernel` of `file` with the largest shared-memory carveout, allowed `smem` bytes of dynamic shared
+    memory: attributes raised once per kernel and device, not per launch (an attribute is not a stream op)."""
+    fn = _fn(file, kernel)
+    key = (kernel, cp.cuda.Device().id)
     if key not in _smem_optin:
         fn.preferred_shared_memory_carveout = 100
         _smem_optin[key] = 48 << 10
-    if smem > _smem_optin[key]:                                # raise the kernel's limit once (not a stream op)
+    if smem > _smem_optin[key]:
         fn.max_dynamic_shared_size_bytes = smem
         _smem_optin[key] = smem
     return fn
@@ -759,24 +765,27 @@ def _w4a16_v8(x, qweight, scales, zeros, group_size, bias=None, config=None):
 
 
 # ---- v9: the GEMV of kernels_cu/w4a16_gemv_bulk.cu (M = 1, sm_90+): each block's weights arrive in shared memory by
-# TMA bulk copies issued before pdl_wait(); RB rows per block (4 warps of RB / 4 rows), grid N / RB. Not measured yet.
-W4A16_V9_RB = (16, 8)                    # rows per block, preferred first
+# TMA bulk copies issued before pdl_wait(); RB rows per block over W warps (RB / W rows each), grid N / RB. Faster
+# than v8 in a chain of itself at 4096² (4.4 vs 5.4 µs), slower in the decode graphs: not in w4a16_order.
+W4A16_V9 = ((16, 4), (8, 4))             # (RB, W) in order of preference (x staged in shared memory)
 W4A16_V9_SMEM = 48 << 10                 # shared memory per block the choice stays within where it can
-W4A16_V9_TUNE = ((16, True), (8, True), (4, True), (16, False), (8, False), (4, False))   # compiled (RB, x staged)
+W4A16_V9_TUNE = ((16, 4, True), (8, 4, True), (32, 8, True), (16, 4, False))   # compiled (RB, W, x staged)
+_V9_HEAD = 128                           # bytes of mbarriers before the weights (V9_HEAD in the kernel)
 
 
 def w4a16_v9_smem(rb: int, K: int, group_size: int, x_staged: bool = True) -> int:
-    """Dynamic shared memory bytes of a v9 block, the kernel's layout: 64 bytes of barriers, then the block's
+    """Dynamic shared memory bytes of a v9 block, the kernel's layout: the barriers, then the block's
     qweight [RB, K/8], scales and zeros [RB, K/g] and (x staged) x [K]."""
-    return 64 + rb * K // 2 + 4 * rb * (K // group_size) + (2 * K if x_staged else 0)
+    return _V9_HEAD + rb * K // 2 + 4 * rb * (K // group_size) + (2 * K if x_staged else 0)
 
 
-def w4a16_v9_rb(N: int, K: int, group_size: int) -> int | None:
-    """Rows per block for N outputs: the first of W4A16_V9_RB that divides N in at most W4A16_V9_SMEM bytes of
-    shared memory, else the smallest that divides N (more shared memory); None if none divides N."""
-    fits = [rb for rb in W4A16_V9_RB if N % rb == 0]
-    modest = [rb for rb in fits if w4a16_v9_smem(rb, K, group_size) <= W4A16_V9_SMEM]
-    return modest[0] if modest else min(fits) if fits else None
+def w4a16_v9_config(N: int, K: int, group_size: int) -> tuple[int, int, bool] | None:
+    """(RB, W, x staged) for N outputs: the first of W4A16_V9 whose RB divides N in at most W4A16_V9_SMEM bytes of
+    shared memory, else the one with the smallest RB that divides N (more shared memory); None if none does."""
+    fits = [(rb, w) for rb, w in W4A16_V9 if N % rb == 0]
+    modest = [c for c in fits if w4a16_v9_smem(c[0], K, group_size) <= W4A16_V9_SMEM]
+    pick = modest[0] if modest else min(fits) if fits else None
+    return None if pick is None else (*pick, True)
 
 
 def _v9_ok(x, qweight, scales, zeros, M: int, K: int, group_size: int, rb: int) -> bool:
@@ -785,36 +794,23 @@ def _v9_ok(x, qweight, scales, zeros, M: int, K: int, group_size: int, rb: int) 
             and rb * (K // group_size) * 2 % 16 == 0 and _aligned16(x, qweight, scales, zeros))
 
 
-def _v9_kernel(kernel: str, smem: int):
-    """The kernel, allowed `smem` bytes of dynamic shared memory and the largest shared-memory carveout (so that
-    the driver makes room for many blocks per multiprocessor); attributes are set once, not per launch."""
-    fn = _fn("w4a16_gemv_bulk.cu", kernel)
-    key = (kernel, cp.cuda.Device().id)
-    if key not in _smem_optin:
-        fn.preferred_shared_memory_carveout = 100
-        _smem_optin[key] = 48 << 10
-    if smem > _smem_optin[key]:
-        fn.max_dynamic_shared_size_bytes = smem
-        _smem_optin[key] = smem
-    return fn
-
-
 @_version("linear_w4a16", "v9")
 def _w4a16_v9(x, qweight, scales, zeros, group_size, bias=None, config=None):
-    """config = (RB, x staged in shared memory) overrides the choice (tuning; W4A16_V9_TUNE lists what is compiled)."""
+    """config = (RB, W, x staged in shared memory) overrides the choice (tuning; W4A16_V9_TUNE lists what is
+    compiled)."""
     M, K = x.shape
     N = qweight.shape[0]
-    rb, staged = config or (w4a16_v9_rb(N, K, group_size), True)
+    rb, warps, staged = config or w4a16_v9_config(N, K, group_size) or (None,) * 3
     if rb is None or not _v9_ok(x, qweight, scales, zeros, M, K, group_size, rb):
         raise Unsupported
     smem = w4a16_v9_smem(rb, K, group_size, staged)
     if smem > _smem_limits(cp.cuda.Device().id)[1]:
         raise Unsupported
-    kernel = f"w4a16_v9_r{rb}" + ("" if staged else "_xg") + "_f16"
+    kernel = f"w4a16_v9_r{rb}_w{warps}" + ("" if staged else "_xg") + "_f16"
     y = cp.empty((M, N), F16)
     if N:
-        _v9_kernel(kernel, smem)
-        _launch("w4a16_gemv_bulk.cu", kernel, (N // rb,), (128,),
+        _kernel_smem_optin("w4a16_gemv_bulk.cu", kernel, smem)
+        _launch("w4a16_gemv_bulk.cu", kernel, (N // rb,), (32 * warps,),
                 (x, qweight, scales, zeros, _i32(group_size), NULL if bias is None else bias, y, _i32(N), _i32(K)),
                 shared_mem=smem, pdl_ready=True)
     return y
@@ -824,7 +820,10 @@ def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     """The order linear_w4a16 tries its versions in for M rows and N outputs — the rule measured on an H100
     (docs/benchmarks.md, 4096 × 4096 and 11008 × 4096, g128):
         M <= W4A16_V7_MAX_M             v8   (5.4 / 11.3 vs v7 7.1 / 13.9 and v3 7.6 / 18.1 µs at M = 1, graphs
-                                              with PDL; at M = 2 v8 ties v3, at M = 4 it loses: 13.0 vs 8.0)
+                                              with PDL; at M = 2 v8 ties v3, at M = 4 it loses: 13.0 vs 8.0.
+                                              v9 wins a chain of itself at 4096², 4.4 µs, but loses inside the
+                                              decode graphs: 7B W4A16 replay 2.355 vs 2.319 ms, default-model shape
+                                              1160 vs 1343 tok/s; and alone from 11008 × 4096 on: 12.1 vs 11.3)
         M <= 8                          v3   (v5 streams, but its per-slab work costs more than it saves)
         M <= 32, ceil(N / 16) <= 2·SMs  v2   (its grid is one wave: 15.4 vs v6 19.9 µs at M = 16, N = 4096)
         M <= W4A16_TC_MAX_M             v6   (29.2 vs v2 31.7 µs at M = 16, N = 11008; 28.6 vs v4 30.1 at M = 64)
@@ -842,7 +841,7 @@ def w4a16_order(M: int, N: int) -> tuple[str, ...]:
     return ("v4", "v6", "v2", "v1")
 
 
-# w4a16_order picks the order per call (v9, not measured yet, is registered and tested but not in its lists)
+# w4a16_order picks the order per call; v9 (sm_90) is tested and benchmarked, not chosen (see w4a16_order)
 DEFAULTS["linear_w4a16"] = ("v8", "v7", "v3", "v6", "v4", "v2", "v5", "v1", "v9")
 
 
