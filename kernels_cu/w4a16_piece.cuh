@@ -27,18 +27,38 @@ template <int R> struct W4Piece {
 // are added to the float32 partial after each word: a float16 partial holds at most 4 products (|q − zero|
 // <= 15, so it cannot overflow below |x| ~ 1000), rounded as float16 (relative 2^-11 of the word's partial);
 // the scale is applied in float32 once per piece. 4 PRMTs per 8 x are shared by the R rows.
+// (1024 + zero) and −(64 + zero) as float16 pairs: what word_diffs subtracts from the LOP3 results
+__device__ __forceinline__ void zero_pairs(half_t z, u32& z1, u32& z64) {
+    const u32 zz = prmt(z, z, 0x1010u);                // (zero, zero)
+    z1 = hadd2(zz, 0x64006400u);
+    z64 = hfma2(zz, 0xBC00BC00u, 0xD400D400u);         // zero·(−1) − 64
+}
+
+// the (q − zero) float16 pairs of one word: d[i] holds k = 8j + (i, i + 4) of the word's 8 weights
+__device__ __forceinline__ void word_diffs(u32 word, u32 z1, u32 z64, u32 (&d)[4]) {
+    const u32 magic = 0x64006400u, sixteenth = 0x2C002C00u;   // float16 pairs (1024, 1024), (1/16, 1/16)
+    const u32 t = word >> 8;
+    d[0] = hsub2(lop3_and_or(word, 0x000F000Fu, magic), z1);
+    d[1] = hfma2(lop3_and_or(word, 0x00F000F0u, magic), sixteenth, z64);
+    d[2] = hsub2(lop3_and_or(t, 0x000F000Fu, magic), z1);
+    d[3] = hfma2(lop3_and_or(t, 0x00F000F0u, magic), sixteenth, z64);
+}
+
+// x word pairs (x0 x1) (x2 x3) (x4 x5) (x6 x7) -> (x0 x4) (x1 x5) (x2 x6) (x3 x7), the k of word_diffs' pairs
+__device__ __forceinline__ void regroup_x(const uint4& v, u32 (&xp)[4]) {
+    xp[0] = prmt(v.x, v.z, 0x5410u);
+    xp[1] = prmt(v.x, v.z, 0x7632u);
+    xp[2] = prmt(v.y, v.w, 0x5410u);
+    xp[3] = prmt(v.y, v.w, 0x7632u);
+}
+
 template <int MB, int R, int PW>
 __device__ __forceinline__ void piece_math_h2(const W4Piece<R>& p, const half_t* __restrict__ x, int ldx, int M,
                                               int K, int c, float (&acc)[R][MB]) {
     if (c >= K / 32) return;
-    const u32 magic = 0x64006400u, sixteenth = 0x2C002C00u;   // float16 pairs (1024, 1024), (1/16, 1/16)
     u32 z1[R], z64[R];                                 // (1024 + zero) and −(64 + zero), float16 pairs
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const u32 zz = prmt(p.z[r], p.z[r], 0x1010u);               // (zero, zero)
-        z1[r] = hadd2(zz, magic);
-        z64[r] = hfma2(zz, 0xBC00BC00u, 0xD400D400u);             // zero·(−1) − 64
-    }
+    for (int r = 0; r < R; ++r) zero_pairs(p.z[r], z1[r], z64[r]);
     float part[R][MB];
     u32 h[R][MB];                                      // the float16 partials of the current PW words
 #pragma unroll
@@ -49,19 +69,12 @@ __device__ __forceinline__ void piece_math_h2(const W4Piece<R>& p, const half_t*
     for (int j = 0; j < 4; ++j) {
         u32 d[R][4];                                   // d[r][i]: (q − zero) of k = 32c + 8j + (i, i + 4)
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const u32 word = j == 0 ? p.q[r].x : j == 1 ? p.q[r].y : j == 2 ? p.q[r].z : p.q[r].w;
-            const u32 t = word >> 8;
-            d[r][0] = hsub2(lop3_and_or(word, 0x000F000Fu, magic), z1[r]);
-            d[r][1] = hfma2(lop3_and_or(word, 0x00F000F0u, magic), sixteenth, z64[r]);
-            d[r][2] = hsub2(lop3_and_or(t, 0x000F000Fu, magic), z1[r]);
-            d[r][3] = hfma2(lop3_and_or(t, 0x00F000F0u, magic), sixteenth, z64[r]);
-        }
+        for (int r = 0; r < R; ++r)
+            word_diffs(j == 0 ? p.q[r].x : j == 1 ? p.q[r].y : j == 2 ? p.q[r].z : p.q[r].w, z1[r], z64[r], d[r]);
 #pragma unroll
         for (int m = 0; m < MB; ++m) {                 // rows m >= M repeat row M − 1 (branch-free; never written)
-            const uint4 v = ldg16(x + (i64)min(m, M - 1) * ldx + 32 * c + 8 * j);
-            const u32 xp[4] = {prmt(v.x, v.z, 0x5410u), prmt(v.x, v.z, 0x7632u),
-                               prmt(v.y, v.w, 0x5410u), prmt(v.y, v.w, 0x7632u)};
+            u32 xp[4];
+            regroup_x(ldg16(x + (i64)min(m, M - 1) * ldx + 32 * c + 8 * j), xp);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 u32 a = j % PW == 0 ? hmul2(d[r][0], xp[0]) : hfma2(d[r][0], xp[0], h[r][m]);
@@ -86,34 +99,24 @@ __device__ __forceinline__ void piece_math_h2(const W4Piece<R>& p, const half_t*
 // in float32, scaled in float32 once per piece — so the same bits and the same error bound.
 template <int R>
 __device__ __forceinline__ void piece_math_h2_x(const W4Piece<R>& p, const uint4 (&xv)[4], float (&acc)[R]) {
-    const u32 magic = 0x64006400u, sixteenth = 0x2C002C00u;   // float16 pairs (1024, 1024), (1/16, 1/16)
     u32 z1[R], z64[R];                                 // (1024 + zero) and −(64 + zero), float16 pairs
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const u32 zz = prmt(p.z[r], p.z[r], 0x1010u);               // (zero, zero)
-        z1[r] = hadd2(zz, magic);
-        z64[r] = hfma2(zz, 0xBC00BC00u, 0xD400D400u);             // zero·(−1) − 64
-    }
+    for (int r = 0; r < R; ++r) zero_pairs(p.z[r], z1[r], z64[r]);
     float part[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) part[r] = 0.f;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        const uint4 v = xv[j];                         // (x0 x1) (x2 x3) (x4 x5) (x6 x7) -> (x0 x4) (x1 x5) ...
-        const u32 xp[4] = {prmt(v.x, v.z, 0x5410u), prmt(v.x, v.z, 0x7632u),
-                           prmt(v.y, v.w, 0x5410u), prmt(v.y, v.w, 0x7632u)};
+        u32 xp[4];
+        regroup_x(xv[j], xp);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const u32 word = j == 0 ? p.q[r].x : j == 1 ? p.q[r].y : j == 2 ? p.q[r].z : p.q[r].w;
-            const u32 t = word >> 8;
-            const u32 d0 = hsub2(lop3_and_or(word, 0x000F000Fu, magic), z1[r]);
-            const u32 d1 = hfma2(lop3_and_or(word, 0x00F000F0u, magic), sixteenth, z64[r]);
-            const u32 d2 = hsub2(lop3_and_or(t, 0x000F000Fu, magic), z1[r]);
-            const u32 d3 = hfma2(lop3_and_or(t, 0x00F000F0u, magic), sixteenth, z64[r]);
-            u32 h = hmul2(d0, xp[0]);                  // one float16 partial per word: at most 4 products
-            h = hfma2(d1, xp[1], h);
-            h = hfma2(d2, xp[2], h);
-            h = hfma2(d3, xp[3], h);
+            u32 d[4];
+            word_diffs(j == 0 ? p.q[r].x : j == 1 ? p.q[r].y : j == 2 ? p.q[r].z : p.q[r].w, z1[r], z64[r], d);
+            u32 h = hmul2(d[0], xp[0]);                // one float16 partial per word: at most 4 products
+            h = hfma2(d[1], xp[1], h);
+            h = hfma2(d[2], xp[2], h);
+            h = hfma2(d[3], xp[3], h);
             part[r] += lo_half(h) + hi_half(h);
         }
     }

@@ -128,6 +128,18 @@ __device__ __forceinline__ int w4_start(const W4Problem& p, int b) {
     return p.gran * (int)((long long)b * p.Sg / gridDim.x);
 }
 
+// body(i) for i in [0, TOTAL), the block's THREADS threads taking i = threadIdx.x + it·THREADS (fully unrolled):
+// the tile copies below, one 16-byte cp.async per i
+template <int TOTAL, int THREADS, class Body>
+__device__ __forceinline__ void block_strided(Body&& body) {
+#pragma unroll
+    for (int it = 0; it < (TOTAL + THREADS - 1) / THREADS; ++it) {
+        const int i = threadIdx.x + it * THREADS;
+        if (TOTAL % THREADS != 0 && i >= TOTAL) break;
+        body(i);
+    }
+}
+
 // ---------------------------------------------------------------- producer: slab j of tile t into a stage
 
 template <class Cfg>
@@ -138,17 +150,14 @@ __device__ __forceinline__ void w4_load_slab(const W4Problem& p, unsigned char* 
     unsigned char* ssm = stage + Cfg::W_BYTES;
     // weights: i = (row, chunk, piece), piece fastest: a warp's 32 copies are 512 contiguous bytes of a row
     // when KC >= 8 (int32 offsets: the wrapper keeps N·K / 8 below 2^31)
-#pragma unroll
-    for (int it = 0; it < (Cfg::BN * Cfg::KC * 4 + Cfg::THREADS - 1) / Cfg::THREADS; ++it) {
-        const int i = threadIdx.x + it * Cfg::THREADS;
-        if ((Cfg::BN * Cfg::KC * 4) % Cfg::THREADS != 0 && i >= Cfg::BN * Cfg::KC * 4) break;
+    block_strided<Cfg::BN * Cfg::KC * 4, Cfg::THREADS>([&](int i) {
         const int r = i / (Cfg::KC * 4), cc = (i / 4) % Cfg::KC, s = i % 4;
         const int n = n0 + r, k = (c0 + cc) * 128 + 32 * s;
         const bool ok = n < p.N && k < p.K;
         const u32* src = p.qw + (ok ? n * (p.K >> 3) + (k >> 3) : 0);
         const int slot = Cfg::XFULL ? w4_wpiece(r, s) : 16 * s;
         cp_async16(smem_addr(wsm + (cc * Cfg::BN + r) * 64 + slot), src, ok ? 16 : 0);
-    }
+    });
     // scales (ra < BN) and zeros (ra >= BN) of row ra % BN: the halves [n·G + q0, n·G + q1) as the aligned
     // words that hold them, word wi of the row's span at S[ra][wi]; TPR threads share a row
     const int q0 = (c0 * 128) >> p.gshift, q1 = min((c0 + Cfg::KC) * 128, p.K) >> p.gshift;
@@ -166,16 +175,13 @@ __device__ __forceinline__ void w4_load_slab(const W4Problem& p, unsigned char* 
     }
     if (!Cfg::XFULL) {
         unsigned char* xsm = stage + Cfg::W_BYTES + Cfg::S_BYTES;
-#pragma unroll
-        for (int it = 0; it < (Cfg::BM * Cfg::KC * 16 + Cfg::THREADS - 1) / Cfg::THREADS; ++it) {
-            const int i = threadIdx.x + it * Cfg::THREADS;
-            if ((Cfg::BM * Cfg::KC * 16) % Cfg::THREADS != 0 && i >= Cfg::BM * Cfg::KC * 16) break;
+        block_strided<Cfg::BM * Cfg::KC * 16, Cfg::THREADS>([&](int i) {
             const int r = i / (Cfg::KC * 16), cc = (i / 16) % Cfg::KC, s = i % 16;
             const int m = m0 + r, k = (c0 + cc) * 128 + 8 * s;
             const bool ok = m < p.M && k < p.K;
             const half_t* src = p.x + (ok ? (i64)m * p.ldx + k : 0);
             cp_async16(smem_addr(xsm + r * Cfg::XROW + cc * 256 + w4_xpiece(s)), src, ok ? 16 : 0);
-        }
+        });
     }
 }
 

@@ -75,3 +75,29 @@ class PoisonedCupy:
 
     def empty_like(self, a, dtype=None, order="K", subok=None, shape=None):
         return self._poison(self._cp.empty_like(a, dtype=dtype, shape=shape))
+
+
+def programmatic_replays_match(run, want, seed, monkeypatch, names=("x", "residual"), replays=3) -> list[str]:
+    """Capture run() (a chain of kernels, each reading what the one before wrote) under programmatic dependent
+    launch, replay the graph `replays` times and require the eager results `want` (host arrays, bit for bit).
+    Returns the names of the kernels that were launched programmatically (through pdl.launch)."""
+    import cupy as cp
+    from refengine.ops import pdl
+    launched = []
+    real_launch = pdl.launch
+    monkeypatch.setattr(pdl, "launch", lambda *a, **k: (launched.append(a[0].name), real_launch(*a, **k)))
+    stream, pool = cp.cuda.Stream(non_blocking=False), cp.cuda.MemoryPool()
+    with cp.cuda.using_allocator(pool.malloc), stream:
+        stream.begin_capture()
+        try:
+            with pdl.programmatic_launches():
+                got = run()
+        finally:
+            graph = stream.end_capture()
+        for replay in range(replays):
+            graph.launch(stream)
+            stream.synchronize()
+            for name, g, ww in zip(names, got, want):
+                np.testing.assert_array_equal(g.get(), ww, err_msg=f"{name}, replay {replay}, seed {seed}")
+    return launched
+

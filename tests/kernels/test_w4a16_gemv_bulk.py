@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from refengine.quant.primitives import Int4Weight, dequantize_int4, quantize_int4
-from tests.kernels.helpers import fresh_rng, randn, require_gpu, run_version
+from tests.kernels.helpers import fresh_rng, programmatic_replays_match, randn, require_gpu, run_version
 from tests.tolerances import assert_close
 
 cp = require_gpu()
@@ -128,21 +128,7 @@ def test_v9_programmatic_graph_matches_eager(config, monkeypatch):
         qs.append(Int4Weight(cp.asarray(q4.qweight), cp.asarray(q4.scales), cp.asarray(q4.zeros), q4.group_size))
     want = [a.get() for a in chain(x, res, norm_w, *qs, config, links)]
 
-    launched = []
-    real_launch = pdl.launch
-    monkeypatch.setattr(pdl, "launch", lambda *a, **k: (launched.append(a[0].name), real_launch(*a, **k)))
-    stream, pool = cp.cuda.Stream(non_blocking=False), cp.cuda.MemoryPool()
-    with cp.cuda.using_allocator(pool.malloc), stream:
-        stream.begin_capture()
-        try:
-            with pdl.programmatic_launches():
-                got = chain(x, res, norm_w, *qs, config, links)
-        finally:
-            graph = stream.end_capture()
-        for replay in range(3):
-            graph.launch(stream)
-            stream.synchronize()
-            for name, g, ww in zip(("x", "residual"), got, want):
-                np.testing.assert_array_equal(g.get(), ww, err_msg=f"{name}, replay {replay}, seed {seed}")
+    launched = programmatic_replays_match(lambda: chain(x, res, norm_w, *qs, config, links), want, seed,
+                                          monkeypatch)
     if pdl.supported(cp.cuda.Device().id):
         assert sum("w4a16_v9" in n for n in launched) == 2 * links, launched[:6]
