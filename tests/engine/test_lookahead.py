@@ -3,6 +3,8 @@ backend the same engine runs with lookahead forced on; every output must equal t
 greedy and seeded sampling, penalties, log-probabilities, stop strings, n > 1, sessions, cancels, requests
 arriving mid-decode, a cache small enough to preempt — and nothing may leak."""
 
+import time
+
 import pytest
 
 from refengine.engine.core import PENDING, EngineCore
@@ -59,3 +61,67 @@ def test_a_finished_sequence_row_is_dropped(model):
     while core.has_work():
         core.step()
     assert seq_a.num_computed == seq_a.num_tokens - 1              # the row launched ahead was dropped
+
+
+def test_the_engine_thread_with_lookahead(model):
+    """Requests from several threads at once, arriving while steps launched ahead are in flight, one stream
+    abandoned half way: every completed request gets the plain engine's tokens, and every block comes back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from refengine.engine.engine import Engine
+    configs = [GenerationConfig(temperature=0.0, max_new_tokens=14, ignore_eos=True),
+               GenerationConfig(temperature=0.8, seed=3, max_new_tokens=11, ignore_eos=True),
+               GenerationConfig(temperature=0.7, top_k=4, repetition_penalty=1.2, seed=9, max_new_tokens=9,
+                                ignore_eos=True)]
+    prompts = [[5 + i, 9, 14 + i, 3 + 2 * i][: 2 + i % 3] for i in range(9)]
+
+    def run(engine):
+        def one(i):
+            return [t for o in engine.infer(f"r{i}", input_ids=prompts[i], gen_config=configs[i % 3])
+                    for t in o.token_ids]
+
+        def abandoned():
+            stream = engine.stream("gone", input_ids=[7, 7, 8], gen_config=configs[0])
+            next(stream)
+            stream.close()                                   # the caller goes away: the request is cancelled
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(one, i) for i in range(len(prompts))] + [pool.submit(abandoned)]
+            return [f.result() for f in futures[:-1]]
+
+    with Engine(model, CharTokenizer(), engine_config(num_blocks=64, block_size=4)) as plain, \
+            Engine(model, CharTokenizer(), engine_config(num_blocks=64, block_size=4)) as ahead:
+        ahead.core.lookahead = True
+        assert run(plain) == run(ahead)
+        assert ahead.core.stats["ahead"] > 0
+        for engine in (plain, ahead):
+            deadline = time.monotonic() + 10
+            while engine.core.block_manager.num_free_blocks != 64 and time.monotonic() < deadline:
+                time.sleep(0.01)                  # the abandoned stream's cancel is a command
+            assert engine.core.block_manager.num_free_blocks == 64
+
+
+def test_a_request_arriving_while_a_step_runs_ahead_is_served(model):
+    """The completion of a step launched ahead gives tokens without launching a step itself (a request now
+    waits, so the next step is not pure decode): the engine thread must go on stepping, not sleep until
+    another command comes."""
+    import threading
+
+    from refengine.engine.engine import Engine
+    cfg = GenerationConfig(temperature=0.0, max_new_tokens=8, ignore_eos=True)
+    got = {}
+    with Engine(model, CharTokenizer(), engine_config(num_blocks=64, block_size=4)) as engine:
+        engine.core.lookahead = True
+        run_ahead = engine.core.runner.run_ahead
+        engine.core.runner.run_ahead = lambda *a: time.sleep(0.02) or run_ahead(*a)   # a step stays in flight
+
+        def both():
+            first = engine.stream("a", input_ids=[5, 9, 14], gen_config=cfg)
+            head = [next(first)]
+            time.sleep(0.005)                         # the engine thread is inside a step launched ahead
+            got["b"] = engine.infer("b", input_ids=[7, 3], gen_config=cfg)[0]
+            got["a"] = head + list(first)
+        reader = threading.Thread(target=both, daemon=True)   # daemon: a hang fails the test, not the run
+        reader.start()
+        reader.join(timeout=20)
+        assert not reader.is_alive(), "the engine stopped stepping with work queued"
+    assert sum(len(o.token_ids) for o in got["a"]) == 8 and len(got["b"].token_ids) == 8
