@@ -337,8 +337,12 @@ def bench_elementwise(c, quick):
     for name, t, k, p in (("greedy", 0.0, 0, 1.0), ("top-k 50 top-p 0.9", 0.8, 50, 0.9), ("top-p 0.9", 0.8, 0, 0.9)):
         params = [cp.full(R, v, dt) for v, dt in ((t, cp.float32), (k, cp.int32), (p, cp.float32), (0.0, cp.float32),
                                                   (0.5, cp.float32))]
-        us = time_graph([lambda: cuda.sample_rows(logits, *params)], launches=5)
-        record("sample_rows", "v1", f"R={R} V=49152 {name}", us, logits.nbytes, ceilings=c)
+        for v in cuda.SAMPLE_ROWS_VERSIONS:
+            us = time_graph([lambda: cuda.sample_rows(logits, *params, version=v)], launches=5)
+            record("sample_rows", v, f"R={R} V=49152 {name}", us, logits.nbytes, ceilings=c)
+        us = time_graph([lambda: cuda.sample_rows(logits[:1], *(a[:1] for a in params))], launches=5)
+        record("sample_rows", cuda.SAMPLE_ROWS_VERSIONS[0], f"R=1 V=49152 {name}", us, logits.nbytes // R,
+               ceilings=c)
     us = time_graph([lambda: cuda.argmax_rows(logits)], launches=5)
     record("argmax_rows", "v1", f"R={R} V=49152", us, logits.nbytes, ceilings=c)
 

@@ -1341,19 +1341,24 @@ def apply_penalties_rows(logits, ids, counts, offsets, repetition, presence, fre
     return out
 
 
-def sample_rows(logits, temperature, top_k, top_p, min_p, uniforms):
+SAMPLE_ROWS_VERSIONS = ("v2", "v1")      # sampling.cu's sample_rows_{v}; the first is the default
+
+
+def sample_rows(logits, temperature, top_k, top_p, min_p, uniforms, version: str = SAMPLE_ROWS_VERSIONS[0]):
     """Token ids [R] int64 (device) — reference.sample_rows."""
-    return _sample_rows(logits, temperature, top_k, top_p, min_p, uniforms)[0]
+    return _sample_rows(logits, temperature, top_k, top_p, min_p, uniforms, version)[0]
 
 
-def _sample_rows_filtered(logits, temperature, top_k, top_p, min_p):
+def _sample_rows_filtered(logits, temperature, top_k, top_p, min_p, version: str = SAMPLE_ROWS_VERSIONS[0]):
     """The rows after temperature and the cuts (cut tokens −inf), as the kernel leaves them (for tests)."""
     R = logits.shape[0]
-    return _sample_rows(logits, temperature, top_k, top_p, min_p, np.zeros(R, np.float32))[1]
+    return _sample_rows(logits, temperature, top_k, top_p, min_p, np.zeros(R, np.float32), version)[1]
 
 
-def _sample_rows(logits, temperature, top_k, top_p, min_p, uniforms):
+def _sample_rows(logits, temperature, top_k, top_p, min_p, uniforms, version: str):
     op = "sample_rows"
+    if version not in SAMPLE_ROWS_VERSIONS:
+        _fail(op, "version", f"must be one of {SAMPLE_ROWS_VERSIONS}, got {version!r}")
     work = _logits_arg(op, logits).copy()                     # the kernel filters in place
     R, V = work.shape
     temp, tk, tp, mp, u = _row_params(op, R, temperature=(temperature, np.float32), top_k=(top_k, np.int32),
@@ -1361,7 +1366,7 @@ def _sample_rows(logits, temperature, top_k, top_p, min_p, uniforms):
                                       uniforms=(uniforms, np.float32))
     tokens = cp.empty(R, np.int64)
     if R:
-        _launch("sampling.cu", "sample_rows_v1", (R,), (1024,), (work, _i32(V), temp, tk, tp, mp, u, tokens))
+        _launch("sampling.cu", f"sample_rows_{version}", (R,), (1024,), (work, _i32(V), temp, tk, tp, mp, u, tokens))
     return tokens, work
 
 

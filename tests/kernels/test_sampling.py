@@ -47,7 +47,8 @@ SETTINGS = [dict(temperature=0.0), dict(temperature=0.7, top_k=1), dict(temperat
             dict(temperature=1.0, top_k=200, top_p=0.5, min_p=0.01), dict(temperature=2.0, top_p=0.3)]
 
 
-def test_sample_rows_matches_reference():
+@pytest.mark.parametrize("version", cuda.SAMPLE_ROWS_VERSIONS)
+def test_sample_rows_matches_reference(version):
     rng, seed = fresh_rng()
     R = 64
     x = logits_rows(rng, R)
@@ -55,7 +56,7 @@ def test_sample_rows_matches_reference():
     params = [np.array([c.get(k, d) for c in cfgs]) for k, d in
               (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("min_p", 0.0))]
     u = rng.random(R)
-    got = cuda.sample_rows(cp.asarray(x), *params, u).get()
+    got = cuda.sample_rows(cp.asarray(x), *params, u, version=version).get()
     want = ref.sample_rows(x, *params, u)
     # the same token unless u lands within float32 rounding of a CDF step (then either neighbour is right)
     mismatched = []
@@ -65,11 +66,12 @@ def test_sample_rows_matches_reference():
         cdf = np.cumsum(probs / probs.sum())
         if not min(abs(cdf[got[r]] - u[r]), abs(cdf[max(got[r] - 1, 0)] - u[r])) < 1e-5:
             mismatched.append((r, int(got[r]), int(want[r])))
-    assert not mismatched, f"rows (row, gpu, reference) {mismatched}, seed {seed}"
+    assert not mismatched, f"{version}: rows (row, gpu, reference) {mismatched}, seed {seed}"
 
 
+@pytest.mark.parametrize("version", cuda.SAMPLE_ROWS_VERSIONS)
 @pytest.mark.parametrize("setting", SETTINGS[2:])
-def test_filter_keeps_the_reference_set(setting):
+def test_filter_keeps_the_reference_set(setting, version):
     """The kept tokens (finite after the cuts) are exactly the reference filter's, on many random rows."""
     rng, seed = fresh_rng()
     R = 16
@@ -77,13 +79,13 @@ def test_filter_keeps_the_reference_set(setting):
     cfg = GenerationConfig(**setting)
     work = cp.asarray(x)
     cuda.sample_rows(work, [cfg.temperature] * R, [cfg.top_k] * R, [cfg.top_p] * R, [cfg.min_p] * R,
-                     rng.random(R))                       # works on a copy: the input is unchanged
+                     rng.random(R), version=version)      # works on a copy: the input is unchanged
     assert cp.array_equal(work, cp.asarray(x))
     filtered = cuda._sample_rows_filtered(cp.asarray(x), [cfg.temperature] * R, [cfg.top_k] * R, [cfg.top_p] * R,
-                                          [cfg.min_p] * R).get()
+                                          [cfg.min_p] * R, version=version).get()
     for r in range(R):
         want = np.isfinite(sampler.filter_logits(x[r], cfg))
-        assert np.array_equal(np.isfinite(filtered[r]), want), f"row {r}, seed {seed}"
+        assert np.array_equal(np.isfinite(filtered[r]), want), f"{version} row {r}, seed {seed}"
 
 
 def test_logprobs_rows():
