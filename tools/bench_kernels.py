@@ -261,9 +261,10 @@ def bench_linear(c, quick):
         del sets
 
 
-def attention_inputs(B, ctx, H, KVH, D, BS=64, new=1):
+def attention_inputs(B, ctx, H, KVH, D, BS=64, new=1, table_ctx=None):
+    """table_ctx: block tables as wide as this context (a decode graph's are as wide as the longest session)."""
     rng = np.random.default_rng(0)
-    nblk = -(-ctx // BS)
+    nblk = -(-(table_ctx or ctx) // BS)
     tables = rng.permutation(B * nblk).reshape(B, nblk).astype(np.int32)
     shape = (B * nblk, BS, KVH, D)
     kc = cp.random.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
@@ -275,13 +276,16 @@ def attention_inputs(B, ctx, H, KVH, D, BS=64, new=1):
 
 
 def bench_attention(c, quick):
-    for B, ctx, H, KVH, D in ((32, 4096, 32, 32, 128), (1, 4096, 9, 3, 64), (32, 1024, 9, 3, 64)):
-        args = attention_inputs(B, ctx, H, KVH, D)
+    # the last case: one llama2-7b batch-1 decode step's attention (context 192, tables as wide as 4096 tokens)
+    for B, ctx, H, KVH, D, wide in ((32, 4096, 32, 32, 128, None), (1, 4096, 9, 3, 64, None),
+                                    (32, 1024, 9, 3, 64, None), (1, 192, 32, 32, 128, 4096)):
+        args = attention_inputs(B, ctx, H, KVH, D, table_ctx=wide)
         nbytes = 2 * B * ctx * KVH * D * 2
         for v in ("v1", "v2") if not quick else ("v2",):
             fn = cuda.VERSIONS["attention_decode"][v]
             us = time_graph([lambda: fn(*args, 1 / math.sqrt(D))], launches=10 if v == "v2" else 2, replays=5)
-            record("decode attention", v, f"B={B} ctx={ctx} H={H} KVH={KVH} D={D}", us, nbytes, ceilings=c)
+            record("decode attention", v, f"B={B} ctx={ctx} H={H} KVH={KVH} D={D}" + (f" tables {wide}" if wide
+                                                                                    else ""), us, nbytes, ceilings=c)
         del args
 
 
