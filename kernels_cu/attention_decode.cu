@@ -7,7 +7,7 @@
 // Versions:
 //     v1  one warp per (sequence, head): online softmax one key at a time (attention_common.cuh). Any D <= 256.
 //         B=32, ctx 4096, 32 heads × 128, fp16 KV: 3.88 ms (19% of copy BW).
-//     v2  flash-decoding: the context is split into S chunks of max(ceil(ctx / S), 256) keys, one block per
+//     v2  flash-decoding: the context is split into S chunks of max(ceil(ctx / S), min_split) keys, one block per
 //         (chunk, KV head, sequence); a context that fits one chunk is finished by chunk 0 alone (the other
 //         blocks exit at once and no merge runs). S is fixed by the launch (the host picks it from B·KVH so
 //         that the grid fills the GPU several times over, which also keeps a captured CUDA graph valid for any
@@ -21,6 +21,9 @@
 //         a (sequence, KV head) — found with an atomic counter, which it resets — merges them (no second
 //         launch, so a CUDA-graph step stays one node per layer). float16, D in {64, 128, 256}, G <= 8.
 //         B=32, ctx 4096, 32 heads × 128: 0.714 ms (101% of copy BW); B=1, ctx 4096, 9/3 heads × 64: 11.9 µs.
+//         min_split (the host's decode_min_split): 256 keys once B·KVH blocks fill the GPU (shorter chunks
+//         only add merges), 32 below that — a llama2-7b batch-1 step (ctx 192, 32 KV heads): 9.3 µs with 256,
+//         7.7 with 64, 7.4 with 32 (6 chunks of 32 keys on 192 blocks instead of one block per KV head).
 //
 // Launch:
 //     v1  grid (B, H), block 32
@@ -28,7 +31,6 @@
 //         scratch: part_ml [B, H, S, 2] float32, part_acc [B, H, S, D] float32, counters [B·KVH] int32 (zero)
 #include "attention_common.cuh"
 
-#define MIN_SPLIT 256          // keys: a shorter chunk costs more to merge (counter, partials) than it saves
 #define MAX_SPLITS 64          // the host never launches more chunks (refengine/ops/cuda.py: decode_splits)
 #define TABLE_CACHE 256        // block-table entries a block keeps in shared memory (longer chunks read global)
 
@@ -46,7 +48,7 @@ __device__ void decode_v2(const half_t* __restrict__ q, int ldq, const half_t* _
                           const half_t* __restrict__ v_cache, const int* __restrict__ tables, int ldt,
                           const i64* __restrict__ ctx_lens, const i64* __restrict__ cu, half_t* __restrict__ out,
                           float* __restrict__ part_ml, float* __restrict__ part_acc, int* __restrict__ counters,
-                          int heads, int kv_heads, int block_size, float scale_log2) {
+                          int heads, int kv_heads, int block_size, float scale_log2, int min_split) {
     pdl_enter();
     constexpr int LPK = D / 8;                 // lanes per key
     constexpr int KPW = 32 / LPK;              // keys per warp at once
@@ -67,9 +69,9 @@ __device__ void decode_v2(const half_t* __restrict__ q, int ldq, const half_t* _
     const int G = heads / kv_heads;
     const int ctx = (int)ctx_lens[b];
     const i64 t = cu[b];                                              // this sequence's query row
-    // chunks follow the real context (the grid is fixed, e.g. by a CUDA graph): at least MIN_SPLIT keys each,
+    // chunks follow the real context (the grid is fixed, e.g. by a CUDA graph): at least min_split keys each,
     // so a short context uses few chunks and the blocks past its end only check in with the counter
-    const int split_len = max((ctx + num_splits - 1) / num_splits, MIN_SPLIT);
+    const int split_len = max((ctx + num_splits - 1) / num_splits, min_split);
     const int active = (ctx + split_len - 1) / split_len;             // chunks that hold keys
     const int k0 = min(split * split_len, ctx);
     const int k1 = min(k0 + split_len, ctx);                          // keys [k0, k1)
@@ -235,9 +237,9 @@ check_in:
         const half_t* q, int ldq, const half_t* kc, const half_t* vc, const int* tables, int ldt,              \
         const i64* ctx,                                                                                       \
         const i64* cu, half_t* out, float* part_ml, float* part_acc, int* counters, int heads, int kv_heads, \
-        int block_size, float scale_log2) {                                                                  \
+        int block_size, float scale_log2, int min_split) {                                                   \
         decode_v2<D, G>(q, ldq, kc, vc, tables, ldt, ctx, cu, out, part_ml, part_acc, counters, heads, kv_heads,  \
-                        block_size, scale_log2);                                                             \
+                        block_size, scale_log2, min_split);                                                  \
     }
 
 extern "C" {

@@ -1263,6 +1263,13 @@ def decode_splits(batch: int, kv_heads: int, max_context: int) -> int:
     return max(1, min(DECODE_MAX_SPLITS, _cdiv(64 * _sms(), batch * kv_heads), _cdiv(max_context, 256)))
 
 
+def decode_min_split(batch: int, kv_heads: int) -> int:
+    """The fewest keys a chunk holds: 256 once the batch's (sequence, KV head) pairs fill the GPU, where
+    more chunks only add merges; 32 below that, so that a short context still spreads over many blocks
+    (llama2-7b batch 1, ctx 192: 7.4 instead of 9.3 µs; the larger batches measured slower with 32)."""
+    return 256 if batch * kv_heads >= _sms() else 32
+
+
 @_version("attention_decode", "v2")
 def _decode_v2(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, scale):
     T, H, D = q.shape
@@ -1286,7 +1293,8 @@ def _decode_v2(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, sc
         part_ml = part_acc = counters = NULL
     _launch("attention_decode.cu", f"attention_decode_v2_d{D}_g{maxg}", (S, KVH, B), (128,),
             (q, _i32(ldq), k_cache, v_cache, tables, _i32(tables.shape[1]), ctx, cu, out, part_ml, part_acc, counters,
-             _i32(H), _i32(KVH), _i32(BS), np.float32(scale * math.log2(math.e))), pdl_ready=True)
+             _i32(H), _i32(KVH), _i32(BS), np.float32(scale * math.log2(math.e)), _i32(decode_min_split(B, KVH))),
+            pdl_ready=True)
     return out
 
 
