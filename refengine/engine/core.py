@@ -42,7 +42,7 @@ from refengine.engine.kv_cache import KVCache
 from refengine.engine.model_runner import ModelRunner
 from refengine.engine.request import EngineOutput, Request
 from refengine.engine.sampler import SampledTokens, start_sampling
-from refengine.engine.scheduler import Scheduler, SchedulerOutput
+from refengine.engine.scheduler import ScheduledSequence, Scheduler, SchedulerOutput
 from refengine.engine.sequence import Sequence, SequenceStatus
 from refengine.errors import GenerationConfigError
 from refengine.sampling_params import GenerationConfig
@@ -223,7 +223,7 @@ class EngineCore:
         self.stats["steps"] += 1
         self.stats["tokens"] += out.num_tokens
 
-    def _computed(self, s) -> None:
+    def _computed(self, s: ScheduledSequence) -> None:
         s.seq.num_computed += s.num_new_tokens
         self.block_manager.seal_computed_blocks(s.seq)
 
