@@ -154,16 +154,18 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the whole block (blockDim.x a multiple of 32, at most 1024). Every thread gets the result.
-// `scratch` holds 33 floats of shared memory; the call ends with a barrier, so it may be reused at once.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// A reduction over the whole block (blockDim.x a multiple of 32, at most 1024): Warp(v) reduces one warp,
+// `empty` is what a missing warp contributes. Every thread gets the result. `scratch` holds 33 floats of
+// shared memory; the call ends with a barrier, so it may be reused at once.
+template <float (*Warp)(float)>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, float empty) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = Warp(v);
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float w = lane < nwarps ? scratch[lane] : 0.f;
-        w = warp_sum(w);
+        float w = lane < nwarps ? scratch[lane] : empty;
+        w = Warp(w);
         if (lane == 0) scratch[32] = w;
     }
     __syncthreads();
@@ -172,20 +174,9 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return total;
 }
 
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce<warp_sum>(v, scratch, 0.f); }
 __device__ __forceinline__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_max(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float w = lane < nwarps ? scratch[lane] : -__int_as_float(0x7f800000);
-        w = warp_max(w);
-        if (lane == 0) scratch[32] = w;
-    }
-    __syncthreads();
-    const float total = scratch[32];
-    __syncthreads();
-    return total;
+    return block_reduce<warp_max>(v, scratch, -__int_as_float(0x7f800000));
 }
 
 #define NEG_INF (-__int_as_float(0x7f800000))
