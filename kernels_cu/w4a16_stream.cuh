@@ -362,53 +362,46 @@ __device__ __forceinline__ int w4_slot(const W4Problem& p, int b, int t) {    //
 
 // The slabs [piece_begin, slab] of tile t are done: reduce over the WK warps, then write y (the block did the
 // whole tile) or the partial slot, and let the last of the tile's blocks add the slots in block order.
+// body(a, b, r) for every accumulator a warp holds — acc[a][b][r]: A tile a, B tile b, register r — unrolled
+template <class Cfg, class Body>
+__device__ __forceinline__ void for_each_acc(Body&& body) {
+#pragma unroll
+    for (int a = 0; a < Cfg::NA; ++a)
+#pragma unroll
+        for (int b = 0; b < Cfg::MB; ++b)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) body(a, b, r);
+}
+
 template <class Cfg>
 __device__ void w4_flush(const W4Problem& p, int t, int piece_begin, int slab, float (&acc)[Cfg::NA][Cfg::MB][4],
                          float* red, int* flag) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wn = warp % Cfg::WN, wk = warp / Cfg::WN;
     if (Cfg::WK > 1) {
-#pragma unroll
-        for (int a = 0; a < Cfg::NA; ++a)
-#pragma unroll
-            for (int b = 0; b < Cfg::MB; ++b)
-#pragma unroll
-                for (int r = 0; r < 4; ++r)
-                    red[((wk * Cfg::WN + wn) * Cfg::FRAG + (a * Cfg::MB + b) * 4 + r) * 32 + lane] = acc[a][b][r];
+        for_each_acc<Cfg>([&](int a, int b, int r) {
+            red[((wk * Cfg::WN + wn) * Cfg::FRAG + (a * Cfg::MB + b) * 4 + r) * 32 + lane] = acc[a][b][r];
+        });
         __syncthreads();
-        if (wk == 0) {
-#pragma unroll
-            for (int a = 0; a < Cfg::NA; ++a)
-#pragma unroll
-                for (int b = 0; b < Cfg::MB; ++b)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) {
-                        float v = 0.f;
-                        for (int w = 0; w < Cfg::WK; ++w)
-                            v += red[((w * Cfg::WN + wn) * Cfg::FRAG + (a * Cfg::MB + b) * 4 + r) * 32 + lane];
-                        acc[a][b][r] = v;
-                    }
-        }
+        if (wk == 0)
+            for_each_acc<Cfg>([&](int a, int b, int r) {
+                float v = 0.f;
+                for (int w = 0; w < Cfg::WK; ++w)
+                    v += red[((w * Cfg::WN + wn) * Cfg::FRAG + (a * Cfg::MB + b) * 4 + r) * 32 + lane];
+                acc[a][b][r] = v;
+            });
     }
     const int first = t * p.SC, last = first + p.SC - 1;
     if (piece_begin == first && slab == last) {                // the whole tile was ours
         if (wk == 0)
-#pragma unroll
-            for (int a = 0; a < Cfg::NA; ++a)
-#pragma unroll
-                for (int b = 0; b < Cfg::MB; ++b)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) w4_store<Cfg>(p, t, wn, a, b, r, acc[a][b][r]);
+            for_each_acc<Cfg>([&](int a, int b, int r) { w4_store<Cfg>(p, t, wn, a, b, r, acc[a][b][r]); });
     } else {
         const int bf = w4_block_of(p, first), bl = w4_block_of(p, last);
         if (wk == 0) {
             float* dst = p.ws + ((i64)blockIdx.x * 2 + w4_slot(p, blockIdx.x, t)) * Cfg::TILE + wn * Cfg::FRAG * 32
                          + lane;
-#pragma unroll
-            for (int a = 0; a < Cfg::NA; ++a)
-#pragma unroll
-                for (int b = 0; b < Cfg::MB; ++b)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) __stcg(dst + ((a * Cfg::MB + b) * 4 + r) * 32, acc[a][b][r]);
+            for_each_acc<Cfg>([&](int a, int b, int r) {
+                __stcg(dst + ((a * Cfg::MB + b) * 4 + r) * 32, acc[a][b][r]);
+            });
         }
         __syncthreads();                                       // the block's slot is written ...
         if (threadIdx.x == 0) *flag = w4_count(p.counters + t) == bl - bf;   // ... then released with the count
@@ -419,29 +412,16 @@ __device__ void w4_flush(const W4Problem& p, int t, int piece_begin, int slab, f
                 for (int bb = bf; bb <= bl; ++bb) {
                     const float* src = p.ws + ((i64)bb * 2 + w4_slot(p, bb, t)) * Cfg::TILE
                                        + wn * Cfg::FRAG * 32 + lane;
-#pragma unroll
-                    for (int a = 0; a < Cfg::NA; ++a)
-#pragma unroll
-                        for (int b = 0; b < Cfg::MB; ++b)
-#pragma unroll
-                            for (int r = 0; r < 4; ++r) v[a][b][r] += __ldcg(src + ((a * Cfg::MB + b) * 4 + r) * 32);
+                    for_each_acc<Cfg>([&](int a, int b, int r) {
+                        v[a][b][r] += __ldcg(src + ((a * Cfg::MB + b) * 4 + r) * 32);
+                    });
                 }
-#pragma unroll
-                for (int a = 0; a < Cfg::NA; ++a)
-#pragma unroll
-                    for (int b = 0; b < Cfg::MB; ++b)
-#pragma unroll
-                        for (int r = 0; r < 4; ++r) w4_store<Cfg>(p, t, wn, a, b, r, v[a][b][r]);
+                for_each_acc<Cfg>([&](int a, int b, int r) { w4_store<Cfg>(p, t, wn, a, b, r, v[a][b][r]); });
             }
             if (threadIdx.x == 0) p.counters[t] = 0;           // ready for the next launch
         }
     }
-#pragma unroll
-    for (int a = 0; a < Cfg::NA; ++a)
-#pragma unroll
-        for (int b = 0; b < Cfg::MB; ++b)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[a][b][r] = 0.f;
+    for_each_acc<Cfg>([&](int a, int b, int r) { acc[a][b][r] = 0.f; });
 }
 
 // ---------------------------------------------------------------- the kernel body
@@ -484,12 +464,7 @@ __device__ void w4a16_stream(const half_t* x, int ldx, const u32* qw, const half
     }
     if (Cfg::XFULL) w4_load_x_full<Cfg::ACT>(p, xf, xg, Cfg::THREADS);   // while the first slabs load
     float acc[Cfg::NA][Cfg::MB][4];
-#pragma unroll
-    for (int a = 0; a < Cfg::NA; ++a)
-#pragma unroll
-        for (int b = 0; b < Cfg::MB; ++b)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[a][b][r] = 0.f;
+    for_each_acc<Cfg>([&](int a, int b, int r) { acc[a][b][r] = 0.f; });
 
     const int warp = threadIdx.x / 32, wn = warp % Cfg::WN, wk = warp / Cfg::WN;
     int t = s_begin / p.SC, j = s_begin - t * p.SC, piece_begin = s_begin;   // the consumer's slab
