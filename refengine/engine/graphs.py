@@ -45,9 +45,11 @@ GRAPH_MAX_BATCH = 64
 class _Captured:
     bucket: int
     width: int              # block-table columns
+    layout: dict            # _layout(bucket, width): where each input sits in the packed buffers
     host: np.ndarray        # pinned int64 staging buffer (all inputs, packed)
     device: object          # the device twin of `host`
     batch: ForwardBatch     # views into `device`: the graph's static inputs
+    sources: object         # view into `device`: run(sampled=...)'s rows of the sampled ids
     logits: object          # [bucket, V] float32, written by every replay
     graph: object
     copied: object          # event recorded after the last input copy (host buffer reusable once done)
@@ -103,16 +105,15 @@ class DecodeGraphs:
         g = self.graphs.get(bucket) or self._capture(bucket)
         self._fill(g, batch, sampled[1] if sampled is not None else ())
         if sampled is not None:
-            off = _layout(g.bucket, g.width)["sources"][0]
             with self.stream:
-                self.cp.take(sampled[0], g.device[off:off + B], out=g.batch.input_ids[:B])
+                self.cp.take(sampled[0], g.sources[:B], out=g.batch.input_ids[:B])
         g.graph.launch(self.stream)
         return g.logits[:B]
 
     # ---------------------------------------------------------------- internals
 
     def _fill(self, g: _Captured, batch: ForwardBatch, sources=()) -> None:
-        B, lay = len(batch.context_lens), _layout(g.bucket, g.width)
+        B, lay = len(batch.context_lens), g.layout
         g.copied.synchronize()                      # the previous copy has left the pinned buffer
         host = g.host
         for name in ("input_ids", "positions", "context_lens"):          # padding rows: 0
@@ -134,8 +135,8 @@ class DecodeGraphs:
         g.device.set(host, stream=self.stream)
         g.copied.record(self.stream)
 
-    def _static_batch(self, device, bucket: int, width: int) -> ForwardBatch:
-        lay = _layout(bucket, width)
+    @staticmethod
+    def _static_batch(device, lay: dict, bucket: int, width: int) -> ForwardBatch:
         view = lambda name: device[lay[name][0]:lay[name][0] + lay[name][1]]
         off, n = lay["block_tables"]
         tables = device[off:off + n].view(np.int32)[:bucket * width].reshape(bucket, width)
@@ -147,11 +148,12 @@ class DecodeGraphs:
 
         from refengine.ops import pdl
         cp = self.cp
-        total = sum(n for _, n in _layout(bucket, self.width).values())
+        lay = _layout(bucket, self.width)
+        total = sum(n for _, n in lay.values())
         host = cupyx.empty_pinned((total,), dtype=np.int64)
         with cp.cuda.using_allocator(self.pool.malloc), self.stream:
             device = cp.zeros(total, dtype=np.int64)
-            batch = self._static_batch(device, bucket, self.width)
+            batch = self._static_batch(device, lay, bucket, self.width)
             batch.cu_seqlens_q[:] = cp.arange(bucket + 1)
             batch.logits_rows[:] = cp.arange(bucket)
             batch.slot_mapping[:] = -1              # the warm-up pass writes nothing to the cache
@@ -165,6 +167,7 @@ class DecodeGraphs:
                 graph = self.stream.end_capture()
         copied = cp.cuda.Event(disable_timing=True)
         copied.record(self.stream)
-        g = _Captured(bucket, self.width, host, device, batch, logits, graph, copied)
+        off, n = lay["sources"]
+        g = _Captured(bucket, self.width, lay, host, device, batch, device[off:off + n], logits, graph, copied)
         self.graphs[bucket] = g
         return g

@@ -105,8 +105,3 @@ def start_sampling(logits, rows, configs, rngs, contexts) -> SampledTokens:
     from refengine.ops.cuda_sampling import start_sample_batch
     gathered = logits if list(rows) == list(range(logits.shape[0])) else logits[cp.asarray(rows)]
     return start_sample_batch(gathered, configs, rngs, contexts)
-
-
-def sample_rows(logits, rows, configs, rngs, contexts) -> list[TokenChoice]:
-    """start_sampling(...).read(): the choices at once."""
-    return start_sampling(logits, rows, configs, rngs, contexts).read()

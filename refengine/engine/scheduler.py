@@ -109,8 +109,7 @@ class Scheduler:
         budget = self._schedule_running(out, self.config.max_prefill_token_num)
         if not out.preempted:
             self._schedule_waiting(out, budget)
-        out.copies, self.blocks.pending_copies = self.blocks.pending_copies, []
-        return out
+        return self._with_copies(out)
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         i = 0
@@ -158,7 +157,10 @@ class Scheduler:
             return None
         for seq in seqs:
             self.blocks.append_slot(seq)
-        out = SchedulerOutput([ScheduledSequence(seq, 1) for seq in seqs])
+        return self._with_copies(SchedulerOutput([ScheduledSequence(seq, 1) for seq in seqs]))
+
+    def _with_copies(self, out: SchedulerOutput) -> SchedulerOutput:
+        """The block copies (copy-on-write) this step's slots queued, handed to the step."""
         out.copies, self.blocks.pending_copies = self.blocks.pending_copies, []
         return out
 

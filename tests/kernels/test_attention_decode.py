@@ -21,11 +21,14 @@ CONTEXTS = [1, 37, 300, 1000, 64, 2049, 5, 4500]
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [
     (8, 8, 128), (9, 3, 64), (16, 2, 64), (12, 4, 128), (4, 2, 256), (14, 2, 128), (32, 32, 128)])
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("splits", ["auto", "one"])
+@pytest.mark.parametrize("splits", ["auto", "one", "short chunks", "long chunks"])
 def test_decode_attention(version, heads, kv_heads, head_dim, splits, monkeypatch):
+    """(auto: decode_min_split picks by B·KVH; short / long chunks: its two values forced, whatever the GPU.)"""
     rng, seed = fresh_rng()
     if splits == "one":
         monkeypatch.setattr(cuda, "decode_splits", lambda *a: 1)
+    if splits.endswith("chunks"):
+        monkeypatch.setattr(cuda, "decode_min_split", lambda *a: 32 if splits == "short chunks" else 256)
     earlier = [c - 1 for c in CONTEXTS]
     q, kc, vc, tables, ctx, cu = paged_scenario(rng, earlier, [1] * len(CONTEXTS), heads, kv_heads, head_dim, 16,
                                                 np.float16)
